@@ -5,7 +5,7 @@ PIP ?= PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint demo bench clean
 
 install:
 	$(PIP) install --quiet $(TORCH_SPEC)
@@ -21,6 +21,10 @@ test: install
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+
+# Prune SmolLM2-135M (packaged, no download) with the embedded calibration text: 6 of 30 layers.
+demo: install
+	$(PYTHON) -m optimum_shapley.cli prune smollm2-135m --remove 6 --output $(DEMO_OUTPUT) --overwrite
 
 bench: install
 	$(PYTHON) bench/masking.py

@@ -1,21 +1,43 @@
 """optimum-shapley: remove whole decoder layers from a causal LM, ranked by surrogate-assisted Shapley values."""
 
 from .architectures import UnsupportedArchitectureError, find_decoder_layers
+from .config import ShapleyPruningConfig
+from .data import CalibrationDataError, CalibrationDataset, build_calibration_dataset, load_texts
 from .loading import PACKAGED_MODELS, MissingModelPackageError, load_causal_lm
 from .masking import LayerMask, LayerSelectionError, UnsafeLayerRemovalError, drop_layers, num_decoder_layers
+from .pruner import ShapleyLayerPruner
+from .result import PruningResult
+from .sampling import sample_masks
+from .shapley import ShapleyEstimate, estimate_contributions, paper_contributions, permutation_shapley
+from .surrogate import ShapleySurrogate, SurrogateFit, train_surrogate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PACKAGED_MODELS",
+    "CalibrationDataError",
+    "CalibrationDataset",
     "LayerMask",
     "LayerSelectionError",
     "MissingModelPackageError",
+    "PruningResult",
+    "ShapleyEstimate",
+    "ShapleyLayerPruner",
+    "ShapleyPruningConfig",
+    "ShapleySurrogate",
+    "SurrogateFit",
     "UnsafeLayerRemovalError",
     "UnsupportedArchitectureError",
     "__version__",
+    "build_calibration_dataset",
     "drop_layers",
+    "estimate_contributions",
     "find_decoder_layers",
     "load_causal_lm",
+    "load_texts",
     "num_decoder_layers",
+    "paper_contributions",
+    "permutation_shapley",
+    "sample_masks",
+    "train_surrogate",
 ]

@@ -114,6 +114,7 @@ def load_causal_lm(
     tokenizer = AutoTokenizer.from_pretrained(source, **file_kwargs, **(tokenizer_kwargs or {}))
     if gguf_file:
         detach_gguf_quantizer(model)
+        model.weights_source = f"de-quantized from the GGUF file {gguf_file}"  # for the model card
     alias = PACKAGED_MODELS.get(str(name_or_path).lower())
     if alias is not None:
         model.name_or_path = alias.base_model  # what the card's base_model and PEFT adapters should point to

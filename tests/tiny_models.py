@@ -59,3 +59,23 @@ def tiny_inputs(batch: int = 2, length: int = 10, seed: int = 1) -> dict[str, to
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(3, VOCAB, (batch, length), generator=generator)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def tiny_tokenizer():
+    """A real fast tokenizer (BPE trained in memory on Python's bundled docs) whose ids fit ``VOCAB``."""
+    from pydoc_data.topics import topics
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], limit_alphabet=60, show_progress=False
+    )
+    backend.train_from_iterator([topics[k] for k in sorted(topics)][:40], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    assert len(tokenizer) <= VOCAB
+    return tokenizer

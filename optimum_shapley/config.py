@@ -1,0 +1,230 @@
+"""ShapleyPruningConfig: every setting of a pruning run, as a dataclass that saves, loads, pushes and parses.
+
+Defaults follow the paper (DESIGN 1) where the paper's choice works, and say so where we differ: the utility
+defaults to a log-perplexity ratio because the paper's ``ppl(full)/ppl(mask)`` saturates at 0 on small models, and
+the strata default to kept counts centred on the target instead of a table hard-coded for 32 layers.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers.utils import PushToHubMixin
+
+__all__ = ["CONFIG_NAME", "ESTIMATORS", "UTILITIES", "ShapleyPruningConfig", "default_strata"]
+
+CONFIG_NAME = "shapley_pruning_config.json"
+UTILITIES = ("log_ppl_ratio", "ppl_ratio")
+ESTIMATORS = ("permutation", "paper")
+ACTIVATIONS = ("celu", "relu", "gelu", "tanh", "silu")
+
+
+def default_strata(num_layers: int, num_remove: int) -> list[int]:
+    """Kept-layer counts to sample masks from: the target's kept count and two steps either side.
+
+    The step is half the number of removed layers (at least 1), so for 30 layers and 6 removed the strata are
+    18, 21, 24, 27 and 29 kept layers; counts are clipped to ``[1, num_layers - 1]`` (the full model is always
+    evaluated on its own).
+    """
+    target = num_layers - num_remove
+    step = max(1, math.ceil(num_remove / 2))
+    counts = {min(max(target + k * step, 1), num_layers - 1) for k in (-2, -1, 0, 1, 2)}
+    return sorted(counts)
+
+
+def _help(text: str, *aliases: str) -> dict[str, Any]:
+    return {"help": text, "aliases": list(aliases)} if aliases else {"help": text}
+
+
+@dataclass
+class ShapleyPruningConfig(PushToHubMixin):
+    """Configuration of a Shapley layer-pruning run (saved as ``shapley_pruning_config.json``).
+
+    Set exactly one of ``num_layers_to_remove`` and ``pruning_ratio``. Parse it from the command line with
+    ``transformers.HfArgumentParser(ShapleyPruningConfig)``.
+    """
+
+    # --- target
+    num_layers_to_remove: int | None = field(
+        default=None, metadata=_help("Number of decoder layers to remove (or give --ratio).", "--remove")
+    )
+    pruning_ratio: float | None = field(
+        default=None,
+        metadata=_help(
+            "Fraction of decoder layers to remove, rounded to the nearest count (or give --remove).", "--ratio"
+        ),
+    )
+    # --- calibration text
+    dataset_name: str | None = field(
+        default=None,
+        metadata=_help(
+            "Calibration text: a Hub dataset name, a local .txt/.json/.jsonl/.parquet file, or 'embedded' (the "
+            "default: English documentation text shipped with Python, no download).",
+            "--dataset",
+        ),
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata=_help("Hub dataset configuration, e.g. wikitext-2-raw-v1.", "--dataset-config")
+    )
+    dataset_split: str = field(default="train", metadata=_help("Hub dataset split, e.g. 'train[:2000]'.", "--split"))
+    text_column: str = field(default="text", metadata=_help("Column or JSON field holding the text."))
+    num_samples: int = field(default=10, metadata=_help("Number of calibration token blocks (paper: 10)."))
+    seq_length: int = field(default=128, metadata=_help("Tokens per calibration block (paper: 128)."))
+    # --- mask sampling
+    num_masks: int = field(
+        default=128,
+        metadata=_help("Layer masks evaluated on the real model to train the surrogate (the full model included)."),
+    )
+    strata: list[int] | None = field(
+        default=None,
+        metadata=_help(
+            "Kept-layer counts to sample masks from. Default: the target's kept count and two steps of "
+            "ceil(removed/2) either side, clipped to [1, depth-1]."
+        ),
+    )
+    utility: str = field(
+        default="log_ppl_ratio",
+        metadata=_help(
+            "Utility of a mask: 'log_ppl_ratio' = log(ppl(full)/ppl(mask)) (default, does not saturate) or "
+            "'ppl_ratio' = ppl(full)/ppl(mask) (the paper's)."
+        ),
+    )
+    # --- surrogate (paper defaults: L -> 2L -> 1 MLP, CELU, SGD lr 0.008 momentum 0.9, 300 epochs, batch 300)
+    surrogate_hidden_multiplier: int = field(default=2, metadata=_help("Hidden width of the MLP, in layers."))
+    surrogate_activation: str = field(default="celu", metadata=_help(f"Hidden activation: one of {ACTIVATIONS}."))
+    surrogate_learning_rate: float = field(default=0.008, metadata=_help("SGD learning rate."))
+    surrogate_momentum: float = field(default=0.9, metadata=_help("SGD momentum."))
+    surrogate_epochs: int = field(default=300, metadata=_help("Training epochs."))
+    surrogate_batch_size: int = field(default=300, metadata=_help("Training batch size."))
+    validation_fraction: float = field(
+        default=0.2, metadata=_help("Share of evaluated masks held out to validate the surrogate (at most 0.2).")
+    )
+    # --- Shapley estimation
+    estimator: str = field(
+        default="permutation",
+        metadata=_help(
+            "'permutation': Shapley values by permutation sampling, with standard errors (default); 'paper': the "
+            "published estimator (mean marginal over masks drawn from the strata)."
+        ),
+    )
+    mc_samples: int = field(
+        default=80000, metadata=_help("Monte Carlo samples on the surrogate: permutations or coalitions.")
+    )
+    seed: int = field(default=42, metadata=_help("Seed for calibration sampling, masks, surrogate and estimator."))
+
+    def __post_init__(self) -> None:
+        def fail(name: str, message: str) -> None:
+            raise ValueError(f"ShapleyPruningConfig.{name}: {message}")
+
+        if (self.num_layers_to_remove is None) == (self.pruning_ratio is None):
+            fail(
+                "num_layers_to_remove",
+                "set exactly one of num_layers_to_remove (--remove) and pruning_ratio (--ratio), "
+                f"got {self.num_layers_to_remove!r} and {self.pruning_ratio!r}",
+            )
+        if self.num_layers_to_remove is not None and (
+            isinstance(self.num_layers_to_remove, bool) or self.num_layers_to_remove < 1
+        ):
+            fail("num_layers_to_remove", f"must be a positive integer, got {self.num_layers_to_remove!r}")
+        if self.pruning_ratio is not None and not 0.0 < self.pruning_ratio < 1.0:
+            fail("pruning_ratio", f"must be strictly between 0 and 1, got {self.pruning_ratio!r}")
+        for name in ("num_samples", "num_masks", "surrogate_hidden_multiplier", "surrogate_epochs"):
+            if getattr(self, name) < 1:
+                fail(name, f"must be at least 1, got {getattr(self, name)!r}")
+        if self.surrogate_batch_size < 1:
+            fail("surrogate_batch_size", f"must be at least 1, got {self.surrogate_batch_size!r}")
+        if self.mc_samples < 1:
+            fail("mc_samples", f"must be at least 1, got {self.mc_samples!r}")
+        if self.num_masks < 10:
+            fail("num_masks", f"needs at least 10 masks to train and validate a surrogate, got {self.num_masks}")
+        if self.seq_length < 2:
+            fail("seq_length", f"must be at least 2 tokens, got {self.seq_length!r}")
+        if self.strata is not None:
+            if not self.strata or any(isinstance(k, bool) or int(k) != k or k < 1 for k in self.strata):
+                fail("strata", f"must be a non-empty list of positive kept-layer counts, got {self.strata!r}")
+            self.strata = sorted({int(k) for k in self.strata})
+        if self.utility not in UTILITIES:
+            fail("utility", f"must be one of {UTILITIES}, got {self.utility!r}")
+        if self.estimator not in ESTIMATORS:
+            fail("estimator", f"must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.surrogate_activation not in ACTIVATIONS:
+            fail("surrogate_activation", f"must be one of {ACTIVATIONS}, got {self.surrogate_activation!r}")
+        if not self.surrogate_learning_rate > 0:
+            fail("surrogate_learning_rate", f"must be positive, got {self.surrogate_learning_rate!r}")
+        if not 0 <= self.surrogate_momentum < 1:
+            fail("surrogate_momentum", f"must be in [0, 1), got {self.surrogate_momentum!r}")
+        if not 0 < self.validation_fraction <= 0.2:
+            fail(
+                "validation_fraction",
+                f"must be in (0, 0.2] so the surrogate trains on at least 80% of the masks, got {self.validation_fraction!r}",
+            )
+
+    # --- derived settings
+    def layers_to_remove(self, num_layers: int) -> int:
+        """Number of layers to remove from a model with ``num_layers`` decoder layers."""
+        count = self.num_layers_to_remove
+        if count is None:
+            count = int(round(self.pruning_ratio * num_layers))
+        if not 1 <= count < num_layers:
+            target = (
+                f"num_layers_to_remove={count}" if self.pruning_ratio is None else f"pruning_ratio={self.pruning_ratio}"
+            )
+            raise ValueError(
+                f"ShapleyPruningConfig: {target} asks to remove {count} of {num_layers} layers; "
+                f"remove between 1 and {num_layers - 1}."
+            )
+        return count
+
+    def resolved_strata(self, num_layers: int) -> list[int]:
+        """The kept-layer counts to sample from for a model of ``num_layers`` layers (validated)."""
+        if self.strata is None:
+            return default_strata(num_layers, self.layers_to_remove(num_layers))
+        bad = [k for k in self.strata if not 1 <= k <= num_layers - 1]
+        if bad:
+            raise ValueError(
+                f"ShapleyPruningConfig.strata: kept counts {bad} are outside [1, {num_layers - 1}] for a model "
+                f"with {num_layers} layers (the full model is always evaluated on its own)."
+            )
+        return list(self.strata)
+
+    # --- serialisation (PEFT-style)
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write ``shapley_pruning_config.json`` to ``save_directory`` (and push it if asked)."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory {save_directory!r} is a file, expected a directory")
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))
+            self.push_to_hub(repo_id, **kwargs)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ShapleyPruningConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"ShapleyPruningConfig: unknown fields {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> "ShapleyPruningConfig":
+        """Load from a folder, a JSON file, or a Hub repository holding ``shapley_pruning_config.json``."""
+        path = os.fspath(path_or_repo_id)
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+        elif not os.path.isfile(path):
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(path, CONFIG_NAME, **hub_kwargs)
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))

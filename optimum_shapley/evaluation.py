@@ -1,0 +1,213 @@
+"""What a layer mask is worth: token-weighted calibration loss, its utility, and a persistent cache of both.
+
+Evaluating a mask (a forward pass over the calibration set) is the whole cost of the method, so every result is
+appended to ``mask_evaluations.jsonl`` as soon as it exists, keyed by the mask and by a fingerprint of the model,
+the calibration tokens and what was measured. A second run, or a run after an interruption, reads it back and never
+evaluates a cached mask again. The raw token NLL is stored, so switching between utilities reuses the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CACHE_FILE_NAME",
+    "MEASURE",
+    "MaskEvaluation",
+    "MaskEvaluationCache",
+    "evaluate_batches",
+    "model_fingerprint",
+    "run_fingerprint",
+    "token_nll",
+    "utilities_from_nll",
+]
+
+logger = logging.getLogger(__name__)
+
+CACHE_FILE_NAME = "mask_evaluations.jsonl"
+MEASURE = "token_nll/v1"
+"""What a cached number means: the summed next-token negative log-likelihood over non-padding target tokens."""
+
+
+@dataclass(frozen=True)
+class MaskEvaluation:
+    """One real-model evaluation of a mask: summed next-token NLL and the number of tokens it covers."""
+
+    mask: str  # "1101...": layer 0 first, 1 = kept
+    nll_sum: float  # may be inf or nan for a broken model: kept, never dropped
+    num_tokens: int
+    seconds: float = 0.0
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.num_tokens if self.num_tokens else float("nan")
+
+    @property
+    def perplexity(self) -> float:
+        mean = self.mean_nll
+        if not math.isfinite(mean):
+            return float("inf")
+        return math.exp(min(mean, 700.0))
+
+
+def token_nll(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[float, int]:
+    """Summed next-token NLL (float64) and target-token count of one batch; padding is excluded via attention_mask."""
+    input_ids = batch["input_ids"]
+    attention_mask = batch.get("attention_mask")
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    logits = outputs.logits[:, :-1, :]
+    targets = input_ids[:, 1:]
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+    if attention_mask is not None:
+        weights = attention_mask[:, 1:].reshape(-1).to(losses.dtype)
+        return float((losses * weights).sum(dtype=torch.float64)), int(weights.sum())
+    return float(losses.sum(dtype=torch.float64)), int(targets.numel())
+
+
+def utilities_from_nll(mean_nll: Iterable[float], full_mean_nll: float, utility: str) -> np.ndarray:
+    """Utility of each mask from its mean token NLL and the full model's.
+
+    ``log_ppl_ratio`` = ``log(ppl(full) / ppl(mask))`` = ``nll(full) - nll(mask)``; ``ppl_ratio`` = the paper's
+    ``ppl(full) / ppl(mask)``. A non-finite NLL (a mask that breaks the model) gets the worst utility: 0 for the
+    ratio, the lowest finite value seen for the log ratio. It stays aligned with its mask.
+    """
+    nll = np.asarray(list(mean_nll), dtype=np.float64)
+    if not math.isfinite(full_mean_nll):
+        raise ValueError(f"the full model's calibration loss is not finite ({full_mean_nll}); check the model and data")
+    finite = np.isfinite(nll)
+    if utility == "log_ppl_ratio":
+        values = np.where(finite, full_mean_nll - np.where(finite, nll, 0.0), np.nan)
+        worst = values[finite].min() if finite.any() else -1e3
+        return np.where(finite, values, worst)
+    if utility == "ppl_ratio":
+        return np.where(finite, np.exp(np.clip(full_mean_nll - np.where(finite, nll, 0.0), -700, 700)), 0.0)
+    raise ValueError(f"unknown utility {utility!r}")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Identify a model's weights cheaply: class, config, and a strided sample of every parameter.
+
+    Hashing every byte of a 70B model would take minutes; a few thousand values per tensor plus shapes and the
+    config tell apart any two checkpoints in practice. Offloaded (meta) tensors contribute their shape only.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        config_dict = config.to_dict()
+        for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"):
+            config_dict.pop(key, None)
+        digest.update(json.dumps(config_dict, sort_keys=True, default=str).encode())
+    for name, param in model.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        if param.device.type == "meta" or param.numel() == 0:
+            continue
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        digest.update(flat[::step].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_fingerprint(model_fp: str, calibration_fp: str, measure: str = MEASURE) -> str:
+    """The cache key shared by all masks of one (model, calibration data, measurement)."""
+    return hashlib.sha256(f"{model_fp}|{calibration_fp}|{measure}".encode()).hexdigest()[:32]
+
+
+class MaskEvaluationCache:
+    """Append-only JSON-lines store of mask evaluations for one fingerprint.
+
+    Each evaluation is one line, flushed and fsync'ed when written, so a killed run loses at most the mask it was
+    evaluating. Lines that do not parse (a record cut off by a crash) are skipped; lines of other fingerprints are
+    kept in the file but ignored.
+    """
+
+    def __init__(self, directory: str | os.PathLike, fingerprint: str):
+        self.directory = os.fspath(directory)
+        self.path = os.path.join(self.directory, CACHE_FILE_NAME)
+        self.fingerprint = fingerprint
+        self._records: dict[str, MaskEvaluation] = {}
+        self.skipped_lines = 0
+        self._load()
+
+    def _load(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    if record.get("fingerprint") != self.fingerprint:
+                        continue
+                    nll = record["nll_sum"]
+                    evaluation = MaskEvaluation(
+                        mask=str(record["mask"]),
+                        nll_sum=float(nll) if nll is not None else float(record.get("nll_repr", "nan")),
+                        num_tokens=int(record["num_tokens"]),
+                        seconds=float(record.get("seconds", 0.0)),
+                    )
+                except (ValueError, KeyError, TypeError):
+                    self.skipped_lines += 1
+                    continue
+                self._records[evaluation.mask] = evaluation
+        if self.skipped_lines:
+            logger.warning("Skipped %d unreadable line(s) in %s (an interrupted write).", self.skipped_lines, self.path)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, mask: str) -> bool:
+        return mask in self._records
+
+    def get(self, mask: str) -> MaskEvaluation | None:
+        return self._records.get(mask)
+
+    def add(self, evaluation: MaskEvaluation) -> None:
+        """Append one evaluation durably."""
+        os.makedirs(self.directory, exist_ok=True)
+        finite = math.isfinite(evaluation.nll_sum)
+        record = {
+            "fingerprint": self.fingerprint,
+            "mask": evaluation.mask,
+            "nll_sum": evaluation.nll_sum if finite else None,
+            "nll_repr": None if finite else repr(evaluation.nll_sum),
+            "num_tokens": evaluation.num_tokens,
+            "seconds": round(evaluation.seconds, 4),
+        }
+        line = json.dumps(record) + "\n"
+        needs_newline = False
+        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                needs_newline = f.read(1) != b"\n"  # a record cut off by a crash: start a fresh line
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(("\n" if needs_newline else "") + line)
+            f.flush()
+            os.fsync(f.fileno())
+        self._records[evaluation.mask] = evaluation
+
+
+def evaluate_batches(
+    model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], prepare: Callable | None = None
+) -> tuple[float, int]:
+    """Token-weighted NLL over an iterable of batches (``prepare`` moves a batch to the model's device)."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            if prepare is not None:
+                batch = prepare(batch)
+            nll, count = token_nll(model, batch)
+            total += nll
+            tokens += count
+    return total, tokens

@@ -1,0 +1,296 @@
+"""Outputs of a run: the saved folder (model, card, plots, results, surrogate), and pushing it to the Hub.
+
+``model.push_to_hub()`` would overwrite our README with a generic card, so the folder is written here and uploaded
+with ``HfApi.create_repo`` + ``HfApi.upload_folder``; the surrogate goes to a repository of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .result import RESULTS_NAME, PruningResult
+
+__all__ = [
+    "PLOTS_DIR",
+    "build_model_card",
+    "plot_contributions",
+    "plot_surrogate_fit",
+    "push_run_folder",
+    "write_run_folder",
+]
+
+PLOTS_DIR = "plots"
+CONTRIBUTIONS_PLOT = "layer_contributions.png"
+SURROGATE_PLOT = "surrogate_fit.png"
+
+CITATION = """@inproceedings{pruning_cooperative_game_2026,
+  title     = {Pruning as a Cooperative Game: Surrogate-Assisted Layer Contribution Estimation for LLMs},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2026}
+}"""
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_contributions(result: PruningResult, path: str) -> str:
+    """Bar chart of every layer's estimated contribution with its standard error; removed layers in red."""
+    plt = _pyplot()
+    layers = list(range(result.num_layers))
+    removed = set(result.removed_layers)
+    colors = ["#d62728" if i in removed else "#1f77b4" for i in layers]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * result.num_layers + 2), 3.6))
+    ax.bar(layers, result.values, yerr=result.stderr, color=colors, capsize=2, ecolor="#444444")
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel(f"contribution ({result.utility})")
+    ax.set_title(f"{result.method}: {result.num_removed} of {result.num_layers} layers removed (red)")
+    ax.set_xticks(layers)
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_surrogate_fit(result: PruningResult, path: str) -> str | None:
+    """Measured vs predicted utility on the held-out masks (nothing to draw when the surrogate was reused)."""
+    fit = result.surrogate_fit or {}
+    measured, predicted = fit.get("validation_measured") or [], fit.get("validation_predicted") or []
+    if not measured:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.scatter(measured, predicted, s=14, alpha=0.8)
+    low, high = min(measured + predicted), max(measured + predicted)
+    ax.plot([low, high], [low, high], color="gray", linewidth=0.8, linestyle="--")
+    ax.set_xlabel(f"measured {result.utility}")
+    ax.set_ylabel(f"surrogate {result.utility}")
+    ax.set_title(
+        f"held-out masks (n={len(measured)})\nR$^2$={fit.get('validation_r2', float('nan')):.3f}, "
+        f"Spearman={fit.get('validation_spearman', float('nan')):.3f}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _is_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and len(parts) == 2 and all(parts) and not os.path.exists(name)
+
+
+def build_model_card(
+    result: PruningResult,
+    *,
+    plots: dict[str, str] | None = None,
+    surrogate_repo_id: str | None = None,
+) -> ModelCard:
+    """The pruned model's card: what was removed, how it was chosen, what it measured, and its limits."""
+    fit = result.surrogate_fit or {}
+    kept = result.num_layers - result.num_removed
+    data = ModelCardData(
+        base_model=result.base_model if _is_hub_id(result.base_model) else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["optimum-shapley", "layer-pruning", "pruning", f"method-{result.method}"],
+    )
+    removed_text = ", ".join(map(str, result.removed_layers))
+    rows = "\n".join(
+        f"| {i} | {v:+.4f} | {s:.4f} | {'removed' if i in set(result.removed_layers) else 'kept'} |"
+        for i, (v, s) in enumerate(zip(result.values, result.stderr))
+    )
+    summary = "\n".join(f"| {label} | {value} |" for label, value in result.summary_rows())
+    figures = ""
+    for title, rel in (plots or {}).items():
+        figures += f"\n![{title}]({rel})\n"
+    if fit:
+        fit_text = (
+            f"The surrogate was trained on {fit['num_train']} evaluated masks and validated on {fit['num_validation']} "
+            f"held-out masks: R^2 = {fit['validation_r2']:.3f}, Spearman rank correlation = "
+            f"{fit['validation_spearman']:.3f} (training R^2 = {fit['train_r2']:.3f})."
+        )
+    else:
+        fit_text = "A previously trained surrogate was reused; its validation is reported in its own repository."
+    surrogate_text = (
+        f"The surrogate is published separately as [`{surrogate_repo_id}`](https://huggingface.co/{surrogate_repo_id})"
+        if surrogate_repo_id
+        else "The surrogate is saved in the `surrogate/` folder of the run"
+    )
+    ppl_note = ""
+    if result.calibration_ppl_before is not None:
+        ppl_note = (
+            f"Calibration perplexity went from {result.calibration_ppl_before:.2f} to "
+            f"{result.calibration_ppl_after:.2f}. It is measured on the calibration text that chose the layers, "
+            "so it is not a held-out evaluation: measure perplexity and zero-shot accuracy on your own held-out "
+            "data before relying on this model."
+        )
+    source_note = f" The base weights were {result.weights_source}." if result.weights_source else ""
+    content = f"""---
+{data.to_yaml()}
+---
+
+# Layer-pruned {result.base_model or "model"}
+
+This model is `{result.base_model or "the base model"}` with **{result.num_removed} of its {result.num_layers}
+decoder layers removed** ({kept} remain), chosen by optimum-shapley with the `{result.method}`
+method. It loads with plain `transformers`:
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("<this repository>")
+tokenizer = AutoTokenizer.from_pretrained("<this repository>")
+```
+
+`config.json` records the original depth and the removed layers under `layer_pruning`. No weights were changed:
+the kept layers are the original ones, and the model has not been fine-tuned after pruning.{source_note}
+
+## Summary
+
+| | |
+|---|---|
+{summary}
+
+Removed layers (original indices): **{removed_text}**.
+
+## How the layers were chosen
+
+Each layer is a player in a cooperative game whose utility is the model's quality on calibration text
+(`{result.utility}`). {len(result.masks) or "No"} layer masks were evaluated on the real model (kept-layer counts
+{result.strata}; calibration: {result.calibration.get("num_samples")} x {result.calibration.get("seq_length")} tokens
+of `{result.calibration.get("source")}`). {fit_text} Contributions were then estimated on the surrogate with the
+`{result.estimator}` estimator; the {result.num_removed} layers with the lowest contribution were removed.
+{surrogate_text}.
+
+{ppl_note}
+
+## Layer contributions
+
+| layer | contribution | std. error | status |
+|---:|---:|---:|---|
+{rows}
+{figures}
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(content)
+
+
+def write_run_folder(
+    folder: str,
+    *,
+    model: Any,
+    tokenizer: Any,
+    pruning_config: Any,
+    result: PruningResult,
+    surrogate: Any,
+    surrogate_dir: str,
+    surrogate_repo_id: str | None = None,
+) -> dict[str, str]:
+    """Write everything a run produces into ``folder`` and return the paths of the main artefacts."""
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    pruning_config.save_pretrained(folder)
+    result.to_json_file(os.path.join(folder, RESULTS_NAME))
+
+    plots_dir = os.path.join(folder, PLOTS_DIR)
+    os.makedirs(plots_dir, exist_ok=True)
+    plots = {"Layer contributions": f"{PLOTS_DIR}/{CONTRIBUTIONS_PLOT}"}
+    plot_contributions(result, os.path.join(plots_dir, CONTRIBUTIONS_PLOT))
+    if plot_surrogate_fit(result, os.path.join(plots_dir, SURROGATE_PLOT)):
+        plots["Surrogate on held-out masks"] = f"{PLOTS_DIR}/{SURROGATE_PLOT}"
+
+    card = build_model_card(result, plots=plots, surrogate_repo_id=surrogate_repo_id)
+    card.save(os.path.join(folder, "README.md"))
+
+    surrogate_path = os.path.join(folder, surrogate_dir)
+    if surrogate is not None:
+        surrogate.save_pretrained(surrogate_path)
+        _write_surrogate_card(surrogate_path, result)
+    return {
+        "model": folder,
+        "card": os.path.join(folder, "README.md"),
+        "results": os.path.join(folder, RESULTS_NAME),
+        "plots": ", ".join(os.path.join(folder, p) for p in plots.values()),
+        "surrogate": surrogate_path,
+    }
+
+
+def _write_surrogate_card(path: str, result: PruningResult) -> None:
+    fit = result.surrogate_fit or {}
+    metrics = (
+        f"Held-out R^2 {fit['validation_r2']:.3f}, Spearman {fit['validation_spearman']:.3f} on "
+        f"{fit['num_validation']} masks (trained on {fit['num_train']})."
+        if fit
+        else "Reused from an earlier run."
+    )
+    content = f"""---
+library_name: optimum-shapley
+tags:
+- optimum-shapley
+- layer-pruning
+- shapley-surrogate
+---
+
+# Shapley surrogate for {result.base_model or "a causal LM"}
+
+A small MLP that predicts the `{result.utility}` utility of keeping a subset of the {result.num_layers} decoder
+layers of `{result.base_model}`. {metrics} Reuse it to prune the same model at another ratio without evaluating a
+single mask:
+
+```python
+from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, ShapleySurrogate
+
+surrogate = ShapleySurrogate.from_pretrained("<this repository>")
+pruner = ShapleyLayerPruner(model=model, pruning_config=ShapleyPruningConfig(num_layers_to_remove=8),
+                            processing_class=tokenizer, surrogate=surrogate)
+pruner.prune(evaluate_calibration=False)
+```
+"""
+    ModelCard(content).save(os.path.join(path, "README.md"))
+
+
+def push_run_folder(
+    folder: str,
+    repo_id: str,
+    *,
+    surrogate_repo_id: str,
+    surrogate_dir: str,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload layer-pruned model (optimum-shapley)",
+) -> dict[str, str]:
+    """Upload a saved run: the model folder (without the surrogate and cache) and the surrogate, each to its repo."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    model_repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    api.upload_folder(
+        repo_id=model_repo,
+        folder_path=folder,
+        commit_message=commit_message,
+        ignore_patterns=[f"{surrogate_dir}/*", "mask_evaluations.jsonl", ".shapley-staging-*"],
+    )
+    surrogate_repo = api.create_repo(surrogate_repo_id, private=private, exist_ok=True).repo_id
+    api.upload_folder(
+        repo_id=surrogate_repo,
+        folder_path=os.path.join(folder, surrogate_dir),
+        commit_message="Upload Shapley surrogate (optimum-shapley)",
+    )
+    return {"model": model_repo, "surrogate": surrogate_repo}

@@ -1,0 +1,90 @@
+"""PruningResult: everything a pruning run decided and measured, as one JSON-serialisable record."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["RESULTS_NAME", "PruningResult"]
+
+RESULTS_NAME = "shapley_results.json"
+
+
+@dataclass
+class PruningResult:
+    """Per-layer contributions, the chosen layers, the evidence behind them and what it cost.
+
+    ``values``/``stderr`` are indexed by the original layer; ``removed_layers`` are the ``num_removed`` lowest.
+    ``masks`` (``"1101..."`` strings, layer 0 first) line up with ``mean_nll`` and ``utilities``: a mask whose loss
+    was not finite keeps its place with the worst utility. ``num_model_evaluations`` counts real forward passes
+    over the calibration set run by this call; ``num_cached_evaluations`` the ones read back from the cache.
+    """
+
+    base_model: str
+    method: str
+    num_layers: int
+    num_removed: int
+    removed_layers: list[int]
+    kept_layers: list[int]
+    values: list[float]
+    stderr: list[float]
+    estimator: str
+    utility: str
+    strata: list[int]
+    masks: list[str] = field(default_factory=list)
+    mean_nll: list[float] = field(default_factory=list)
+    utilities: list[float] = field(default_factory=list)
+    surrogate_fit: dict[str, Any] = field(default_factory=dict)
+    calibration_ppl_before: float | None = None
+    calibration_ppl_after: float | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    num_model_evaluations: int = 0
+    num_cached_evaluations: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    weights_source: str = ""  # e.g. "de-quantized from the GGUF file ..."
+
+    @property
+    def ranking(self) -> list[int]:
+        """Layers from least to most valuable."""
+        return sorted(range(self.num_layers), key=lambda i: (self.values[i], i))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, allow_nan=True)
+            f.write("\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> PruningResult:
+        with open(path, encoding="utf-8") as f:
+            return cls(**json.load(f))
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for the CLI summary and the model card."""
+        fit = self.surrogate_fit or {}
+
+        def fmt(value: Any, spec: str = ".3f") -> str:
+            return "n/a" if value is None else format(value, spec)
+
+        return [
+            ("base model", self.base_model),
+            ("method", f"{self.method} (estimator: {self.estimator}, utility: {self.utility})"),
+            ("layers", f"{self.num_layers} -> {self.num_layers - self.num_removed} ({self.num_removed} removed)"),
+            ("removed layers", ", ".join(map(str, self.removed_layers))),
+            (
+                "calibration perplexity",
+                f"{fmt(self.calibration_ppl_before, '.2f')} -> {fmt(self.calibration_ppl_after, '.2f')}",
+            ),
+            ("surrogate held-out R^2", fmt(fit.get("validation_r2"))),
+            ("surrogate held-out Spearman", fmt(fit.get("validation_spearman"))),
+            (
+                "model evaluations",
+                f"{self.num_model_evaluations} run, {self.num_cached_evaluations} from cache",
+            ),
+            ("wall time", f"{self.timings.get('total', 0.0):.1f} s"),
+        ]

@@ -1,0 +1,347 @@
+"""Shapley values of decoder layers, estimated on the cheap surrogate instead of the language model.
+
+Once a surrogate MLP maps a 0/1 layer mask to a utility, one evaluation costs microseconds, so the estimators can
+afford tens of thousands of Monte Carlo samples -- but only if they are vectorised: the published implementation
+calls the surrogate one row at a time inside Python loops over samples and layers, which turns a sub-second job into
+minutes. Here every estimator builds its masks as batches of rows (at most ``batch_rows`` rows at once) and calls the
+utility once per batch; the only Python loops run over batches.
+
+Two estimators:
+
+* :func:`permutation_shapley` -- true Shapley values by permutation sampling (Castro, Gomez and Tejada 2009), with
+  antithetic (permutation, reversed permutation) pairs. Each permutation gives every player exactly one marginal
+  contribution, and the marginals of one permutation sum to ``f(full) - f(empty)`` (efficiency holds exactly).
+* :func:`paper_contributions` -- the published estimator: the mean of ``f(S + i) - f(S - i)`` over masks ``S`` drawn
+  from a few kept-layer counts. It is not the Shapley value (it weights coalitions by the strata, not by the Shapley
+  kernel) and is kept for reproducing the paper.
+
+Both return a :class:`ShapleyEstimate` holding the values, their standard errors and the cost.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ESTIMATORS",
+    "ShapleyEstimate",
+    "UtilityFn",
+    "estimate_contributions",
+    "paper_contributions",
+    "paper_contributions_on_masks",
+    "permutation_shapley",
+    "sample_paper_masks",
+]
+
+UtilityFn = Callable[[torch.Tensor], torch.Tensor]
+"""Float32 ``(N, L)`` 0/1 masks -> ``(N,)`` utilities; always called under ``torch.no_grad()``."""
+
+ESTIMATORS = ("permutation", "paper")
+
+DEFAULT_BATCH_ROWS = 262144
+# Permutations / masks are drawn from the generator in blocks of this many, independent of ``batch_rows``, so that
+# the sampled permutations and masks (and hence the estimates) do not depend on how the work is batched.
+_DRAW_BLOCK = 8192
+
+
+@dataclass
+class ShapleyEstimate:
+    """Per-player contributions with their Monte Carlo standard errors and what they cost to compute."""
+
+    values: np.ndarray  # (L,) float64
+    stderr: np.ndarray  # (L,) float64 standard error of each value (NaN when it cannot be estimated: one sample)
+    estimator: str  # "permutation" or "paper"
+    num_samples: int  # permutations (permutation) or sampled coalitions (paper)
+    num_utility_calls: int  # total rows passed to utility_fn
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (lists instead of arrays; a non-finite standard error becomes ``None``)."""
+
+        def as_list(array: np.ndarray) -> list[float | None]:
+            return [float(v) if math.isfinite(v) else None for v in np.asarray(array, dtype=np.float64).tolist()]
+
+        return {
+            "values": as_list(self.values),
+            "stderr": as_list(self.stderr),
+            "estimator": self.estimator,
+            "num_samples": int(self.num_samples),
+            "num_utility_calls": int(self.num_utility_calls),
+            "seconds": float(self.seconds),
+        }
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _check_positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _utility_device(utility_fn: UtilityFn) -> torch.device:
+    """The device of an ``nn.Module``'s first parameter; CPU for parameterless modules and plain callables."""
+    if isinstance(utility_fn, torch.nn.Module):
+        first = next(utility_fn.parameters(), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")
+
+
+def _evaluate(utility_fn: UtilityFn, masks: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Utilities of float32 ``masks`` as a float64 CPU vector (a trailing singleton output dimension is accepted)."""
+    with torch.no_grad():
+        out = utility_fn(masks.to(device=device, dtype=torch.float32))
+    out = torch.as_tensor(out).detach()
+    n = masks.shape[0]
+    if out.dim() == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    if tuple(out.shape) != (n,):
+        raise ValueError(f"utility_fn must return shape ({n},) for {n} masks, got {tuple(out.shape)}")
+    return out.to(device="cpu", dtype=torch.float64)
+
+
+def _row_chunks(total_rows: int, batch_rows: int) -> Iterator[torch.Tensor]:
+    """Flat row indices ``0 .. total_rows-1`` in consecutive chunks of at most ``batch_rows``."""
+    for start in range(0, total_rows, batch_rows):
+        yield torch.arange(start, min(start + batch_rows, total_rows))
+
+
+class _RunningStats:
+    """Per-player running mean and sum of squared deviations (Chan et al. pairwise update), in float64."""
+
+    def __init__(self, num_players: int):
+        self.count = 0
+        self.mean = torch.zeros(num_players, dtype=torch.float64)
+        self.m2 = torch.zeros(num_players, dtype=torch.float64)
+
+    def update(self, samples: torch.Tensor) -> None:
+        """Add a ``(m, L)`` float64 batch of per-player samples."""
+        m = samples.shape[0]
+        if m == 0:
+            return
+        batch_mean = samples.mean(dim=0)
+        batch_m2 = ((samples - batch_mean) ** 2).sum(dim=0)
+        total = self.count + m
+        delta = batch_mean - self.mean
+        self.mean += delta * (m / total)
+        self.m2 += batch_m2 + delta**2 * (self.count * m / total)
+        self.count = total
+
+    def values_and_stderr(self) -> tuple[np.ndarray, np.ndarray]:
+        values = self.mean.numpy().astype(np.float64)
+        if self.count < 2:
+            return values, np.full_like(values, np.nan)
+        std = torch.sqrt(torch.clamp(self.m2 / (self.count - 1), min=0.0))
+        return values, (std / math.sqrt(self.count)).numpy().astype(np.float64)
+
+
+def _random_permutations(generator: torch.Generator, count: int, num_players: int) -> torch.Tensor:
+    """``(count, L)`` uniformly random permutations (argsort of i.i.d. uniform noise)."""
+    return torch.argsort(torch.rand(count, num_players, generator=generator), dim=1)
+
+
+def _inverse_permutations(perms: torch.Tensor) -> torch.Tensor:
+    """``inverse[p, perms[p, t]] = t``: the position of every player in each permutation."""
+    positions = torch.arange(perms.shape[1]).expand_as(perms)
+    return torch.empty_like(perms).scatter_(1, perms, positions)
+
+
+# --------------------------------------------------------------------------------------------------- permutation
+
+
+def permutation_shapley(
+    utility_fn: UtilityFn,
+    num_players: int,
+    num_permutations: int,
+    *,
+    seed: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    antithetic: bool = True,
+) -> ShapleyEstimate:
+    """Shapley values by permutation sampling: the mean marginal contribution of each player over random orders.
+
+    Every permutation is expanded into its ``L + 1`` prefix masks (empty .. full), evaluated in batches of at most
+    ``batch_rows`` rows; the marginal of player ``perm[t]`` is ``f(prefix t+1) - f(prefix t)``. With ``antithetic``
+    each permutation is paired with its reverse (``num_permutations`` counts both and is rounded up to even) and the
+    standard error comes from the per-pair averages, which are independent. Same seed, same result.
+    """
+    num_players = _check_positive_int("num_players", num_players)
+    num_permutations = _check_positive_int("num_permutations", num_permutations)
+    batch_rows = _check_positive_int("batch_rows", batch_rows)
+    start_time = time.perf_counter()
+
+    if antithetic:
+        num_permutations += num_permutations % 2
+    num_base = num_permutations // 2 if antithetic else num_permutations
+    generator = torch.Generator().manual_seed(int(seed))
+    device = _utility_device(utility_fn)
+    rows_per_perm = num_players + 1
+    stats = _RunningStats(num_players)
+    calls = 0
+
+    for block_start in range(0, num_base, _DRAW_BLOCK):
+        base = _random_permutations(generator, min(_DRAW_BLOCK, num_base - block_start), num_players)
+        perms = torch.cat([base, base.flip(1)]) if antithetic else base
+        # rank[p, i] = position of player i in permutation p; prefix t holds exactly the players of rank < t.
+        rank = _inverse_permutations(perms)
+        total_rows = perms.shape[0] * rows_per_perm
+        utilities = torch.empty(total_rows, dtype=torch.float64)
+        for rows in _row_chunks(total_rows, batch_rows):
+            perm_idx, prefix_len = rows // rows_per_perm, rows % rows_per_perm
+            masks = (rank[perm_idx] < prefix_len[:, None]).to(torch.float32)
+            utilities[rows] = _evaluate(utility_fn, masks, device)
+            calls += rows.numel()
+        by_position = utilities.view(-1, rows_per_perm).diff(dim=1)  # (P, L): marginal of perms[p, t]
+        marginals = torch.empty_like(by_position).scatter_(1, perms, by_position)  # (P, L): marginal of player i
+        if antithetic:
+            half = base.shape[0]
+            marginals = 0.5 * (marginals[:half] + marginals[half:])
+        stats.update(marginals)
+
+    values, stderr = stats.values_and_stderr()
+    return ShapleyEstimate(
+        values=values,
+        stderr=stderr,
+        estimator="permutation",
+        num_samples=num_permutations,
+        num_utility_calls=calls,
+        seconds=time.perf_counter() - start_time,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- paper
+
+
+def _check_kept_counts(kept_counts: Sequence[int] | None, num_players: int) -> list[int]:
+    if kept_counts is None:
+        raise ValueError("the 'paper' estimator needs kept_counts (the kept-layer counts to sample masks from)")
+    counts = [int(k) for k in kept_counts]
+    if not counts:
+        raise ValueError("kept_counts must be a non-empty list of kept-layer counts")
+    bad = [k for k in counts if not 0 <= k <= num_players]
+    if bad:
+        raise ValueError(f"kept_counts {bad} are outside [0, {num_players}] for {num_players} players")
+    return counts
+
+
+def sample_paper_masks(
+    num_players: int, kept_counts: Sequence[int], num_samples: int, *, seed: int = 0
+) -> torch.Tensor:
+    """``(num_samples, L)`` boolean masks: a kept count drawn uniformly from ``kept_counts``, then a uniform subset.
+
+    These are the coalitions :func:`paper_contributions` averages over; same arguments, same masks.
+    """
+    num_players = _check_positive_int("num_players", num_players)
+    num_samples = _check_positive_int("num_samples", num_samples)
+    counts = torch.tensor(_check_kept_counts(kept_counts, num_players), dtype=torch.long)
+    generator = torch.Generator().manual_seed(int(seed))
+    blocks = []
+    for block_start in range(0, num_samples, _DRAW_BLOCK):
+        n = min(_DRAW_BLOCK, num_samples - block_start)
+        kept = counts[torch.randint(len(counts), (n,), generator=generator)]
+        rank = _inverse_permutations(_random_permutations(generator, n, num_players))
+        blocks.append(rank < kept[:, None])  # the first ``kept`` players of a uniform permutation
+    return torch.cat(blocks)
+
+
+def paper_contributions_on_masks(
+    utility_fn: UtilityFn, masks: torch.Tensor, *, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> ShapleyEstimate:
+    """The published estimator on given coalitions: per player, the mean of ``f(S + i) - f(S - i)`` over ``masks``.
+
+    One of ``f(S + i)`` and ``f(S - i)`` is ``f(S)`` itself, so each mask costs ``L + 1`` utility rows (``S`` and
+    ``S`` with each player flipped) rather than the ``2 L`` the published code evaluates; the contributions are the
+    same numbers.
+    """
+    masks = torch.as_tensor(masks).detach().cpu().bool()
+    if masks.dim() != 2 or masks.shape[0] < 1 or masks.shape[1] < 1:
+        raise ValueError(f"masks must be a non-empty (num_samples, num_players) tensor, got shape {tuple(masks.shape)}")
+    batch_rows = _check_positive_int("batch_rows", batch_rows)
+    start_time = time.perf_counter()
+    num_samples, num_players = masks.shape
+    device = _utility_device(utility_fn)
+    rows_per_mask = num_players + 1
+    players = torch.arange(num_players)
+    stats = _RunningStats(num_players)
+    calls = 0
+
+    for block_start in range(0, num_samples, _DRAW_BLOCK):
+        block = masks[block_start : block_start + _DRAW_BLOCK]
+        total_rows = block.shape[0] * rows_per_mask
+        utilities = torch.empty(total_rows, dtype=torch.float64)
+        for rows in _row_chunks(total_rows, batch_rows):
+            mask_idx, flipped = rows // rows_per_mask, rows % rows_per_mask - 1  # flipped == -1: the mask itself
+            chunk = block[mask_idx] ^ (flipped[:, None] == players)
+            utilities[rows] = _evaluate(utility_fn, chunk.to(torch.float32), device)
+            calls += rows.numel()
+        utilities = utilities.view(-1, rows_per_mask)
+        own, flipped_util = utilities[:, :1], utilities[:, 1:]
+        contributions = torch.where(block, own - flipped_util, flipped_util - own)  # f(S + i) - f(S - i)
+        stats.update(contributions)
+
+    values, stderr = stats.values_and_stderr()
+    return ShapleyEstimate(
+        values=values,
+        stderr=stderr,
+        estimator="paper",
+        num_samples=num_samples,
+        num_utility_calls=calls,
+        seconds=time.perf_counter() - start_time,
+    )
+
+
+def paper_contributions(
+    utility_fn: UtilityFn,
+    num_players: int,
+    kept_counts: Sequence[int],
+    num_samples: int,
+    *,
+    seed: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> ShapleyEstimate:
+    """The published (non-Shapley) estimator: mean of ``f(S + i) - f(S - i)`` over ``num_samples`` sampled masks.
+
+    Each mask ``S`` keeps a count drawn uniformly from ``kept_counts`` and a uniformly random subset of that size
+    (see :func:`sample_paper_masks`); ``stderr`` is the sample standard deviation over ``sqrt(num_samples)``.
+    """
+    start_time = time.perf_counter()
+    masks = sample_paper_masks(num_players, kept_counts, num_samples, seed=seed)
+    estimate = paper_contributions_on_masks(utility_fn, masks, batch_rows=batch_rows)
+    estimate.seconds = time.perf_counter() - start_time
+    return estimate
+
+
+# --------------------------------------------------------------------------------------------------- dispatch
+
+
+def estimate_contributions(
+    utility_fn: UtilityFn,
+    num_players: int,
+    *,
+    estimator: str = "permutation",
+    num_samples: int = 80000,
+    seed: int = 0,
+    kept_counts: Sequence[int] | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> ShapleyEstimate:
+    """Per-layer contributions with the named estimator (``"permutation"`` or ``"paper"``).
+
+    ``num_samples`` is the number of permutations or of sampled coalitions. ``kept_counts`` is required by
+    ``"paper"`` and ignored by ``"permutation"``.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; accepted values are {', '.join(map(repr, ESTIMATORS))}")
+    num_players = _check_positive_int("num_players", num_players)
+    num_samples = _check_positive_int("num_samples", num_samples)
+    if estimator == "paper":
+        counts = _check_kept_counts(kept_counts, num_players)
+        return paper_contributions(utility_fn, num_players, counts, num_samples, seed=seed, batch_rows=batch_rows)
+    return permutation_shapley(utility_fn, num_players, num_samples, seed=seed, batch_rows=batch_rows)

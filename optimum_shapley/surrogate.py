@@ -1,0 +1,217 @@
+"""ShapleySurrogate: a small MLP that predicts a mask's utility, trained on evaluated masks and validated.
+
+The paper's network (L -> 2L -> 1, CELU, sigmoid output, MSE, SGD) is the default. For the unbounded log-ratio
+utility the output is linear and targets are standardised (mean and scale are stored in the module, so its
+predictions are in utility units). A share of the evaluated masks is always held out: R^2 and Spearman rank
+correlation on those masks say whether the surrogate can be trusted, and they are reported wherever results are.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+__all__ = ["ShapleySurrogate", "SurrogateFit", "spearman", "train_surrogate"]
+
+_ACTIVATIONS = {"celu": nn.CELU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+class ShapleySurrogate(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="optimum-shapley",
+    tags=["optimum-shapley", "layer-pruning", "shapley-surrogate"],
+):
+    """Maps a 0/1 layer mask ``(N, num_layers)`` to predicted utilities ``(N,)``.
+
+    Every constructor argument is saved in ``config.json`` by ``save_pretrained``/``push_to_hub``, including which
+    model and utility it was trained for, so a reloaded surrogate can prune the same model at another ratio without
+    evaluating a single mask.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_multiplier: int = 2,
+        activation: str = "celu",
+        output: str = "sigmoid",
+        target_mean: float = 0.0,
+        target_scale: float = 1.0,
+        utility: str = "ppl_ratio",
+        base_model: str = "",
+        model_fingerprint: str = "",
+        strata: list[int] | None = None,
+    ):
+        super().__init__()
+        if output not in ("sigmoid", "linear"):
+            raise ValueError(f"output must be 'sigmoid' or 'linear', got {output!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.num_layers = num_layers
+        self.output = output
+        self.target_mean = float(target_mean)
+        self.target_scale = float(target_scale)
+        self.utility = utility
+        self.base_model = base_model
+        self.model_fingerprint = model_fingerprint
+        self.strata = list(strata) if strata is not None else None
+        hidden = hidden_multiplier * num_layers
+        self.net = nn.Sequential(nn.Linear(num_layers, hidden), _ACTIVATIONS[activation](), nn.Linear(hidden, 1))
+
+    def raw(self, masks: torch.Tensor) -> torch.Tensor:
+        """Output before de-standardisation (what the MSE loss sees)."""
+        y = self.net(masks.to(self.net[0].weight.dtype)).squeeze(-1)
+        return torch.sigmoid(y) if self.output == "sigmoid" else y
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        if masks.shape[-1] != self.num_layers:
+            raise ValueError(f"this surrogate takes masks over {self.num_layers} layers, got {masks.shape[-1]}")
+        return self.raw(masks) * self.target_scale + self.target_mean
+
+
+@dataclass
+class SurrogateFit:
+    """How well the surrogate predicts utilities of masks it was and was not trained on."""
+
+    num_train: int
+    num_validation: int
+    train_r2: float
+    validation_r2: float
+    validation_spearman: float
+    validation_rmse: float
+    epochs: int
+    seconds: float
+    validation_masks: list[str] = field(default_factory=list)
+    validation_measured: list[float] = field(default_factory=list)
+    validation_predicted: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> dict[str, float]:
+        """The headline numbers (no per-mask lists)."""
+        keys = ("num_train", "num_validation", "train_r2", "validation_r2", "validation_spearman", "validation_rmse")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _r2(measured: np.ndarray, predicted: np.ndarray) -> float:
+    total = float(((measured - measured.mean()) ** 2).sum())
+    if total == 0.0:
+        return float("nan")
+    return 1.0 - float(((measured - predicted) ** 2).sum()) / total
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0  # ties share their average rank
+        i = j + 1
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def train_surrogate(
+    masks: np.ndarray,
+    utilities: np.ndarray,
+    *,
+    hidden_multiplier: int = 2,
+    activation: str = "celu",
+    utility: str = "ppl_ratio",
+    learning_rate: float = 0.008,
+    momentum: float = 0.9,
+    epochs: int = 300,
+    batch_size: int = 300,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    metadata: dict[str, Any] | None = None,
+    mask_keys: list[str] | None = None,
+) -> tuple[ShapleySurrogate, SurrogateFit]:
+    """Train on at least ``1 - validation_fraction`` of the masks, validate on the rest (row 0, the full model,
+    always trains). Returns the surrogate (trained on the training split only) and its fit report."""
+    masks = np.asarray(masks, dtype=bool)
+    utilities = np.asarray(utilities, dtype=np.float64)
+    if masks.ndim != 2 or len(masks) != len(utilities):
+        raise ValueError(f"masks {masks.shape} and utilities {utilities.shape} do not line up")
+    if not np.isfinite(utilities).all():
+        raise ValueError("utilities must be finite (map non-finite losses to the worst utility first)")
+    n, num_layers = masks.shape
+    num_validation = int(math.floor(validation_fraction * n))
+    if num_validation < 2 or n - num_validation < 2:
+        raise ValueError(f"{n} evaluated masks are too few to train and validate a surrogate (need at least 10)")
+
+    rng = np.random.default_rng(seed)
+    order = 1 + rng.permutation(n - 1)
+    validation_idx = np.sort(order[:num_validation])
+    train_idx = np.sort(np.concatenate([[0], order[num_validation:]]))
+
+    output = "sigmoid" if utility == "ppl_ratio" else "linear"
+    if output == "linear":
+        target_mean = float(utilities[train_idx].mean())
+        target_scale = float(utilities[train_idx].std()) or 1.0
+    else:
+        target_mean, target_scale = 0.0, 1.0
+    torch.manual_seed(seed)
+    surrogate = ShapleySurrogate(
+        num_layers,
+        hidden_multiplier=hidden_multiplier,
+        activation=activation,
+        output=output,
+        target_mean=target_mean,
+        target_scale=target_scale,
+        utility=utility,
+        **(metadata or {}),
+    )
+    x = torch.from_numpy(masks.astype(np.float32))
+    y = torch.from_numpy(((utilities - target_mean) / target_scale).astype(np.float32))
+    x_train, y_train = x[train_idx], y[train_idx]
+    optimizer = torch.optim.SGD(surrogate.parameters(), lr=learning_rate, momentum=momentum)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    surrogate.train()
+    for _ in range(epochs):
+        permutation = torch.randperm(len(x_train), generator=generator)
+        for begin in range(0, len(x_train), batch_size):
+            batch = permutation[begin : begin + batch_size]
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(surrogate.raw(x_train[batch]), y_train[batch])
+            loss.backward()
+            optimizer.step()
+    surrogate.eval()
+    with torch.no_grad():
+        predicted = surrogate(x).double().numpy()
+    measured_val, predicted_val = utilities[validation_idx], predicted[validation_idx]
+    keys = mask_keys or ["".join("1" if v else "0" for v in row) for row in masks]
+    fit = SurrogateFit(
+        num_train=len(train_idx),
+        num_validation=len(validation_idx),
+        train_r2=_r2(utilities[train_idx], predicted[train_idx]),
+        validation_r2=_r2(measured_val, predicted_val),
+        validation_spearman=spearman(measured_val, predicted_val),
+        validation_rmse=float(np.sqrt(((measured_val - predicted_val) ** 2).mean())),
+        epochs=epochs,
+        seconds=time.perf_counter() - start,
+        validation_masks=[keys[i] for i in validation_idx],
+        validation_measured=measured_val.tolist(),
+        validation_predicted=predicted_val.tolist(),
+    )
+    return surrogate, fit
