@@ -47,6 +47,14 @@ class ShapleyPruningConfig(PushToHubMixin):
     ``transformers.HfArgumentParser(ShapleyPruningConfig)``.
     """
 
+    # --- method
+    method: str = field(
+        default="shapley",
+        metadata=_help(
+            "Layer-selection method: shapley (default), shapley-paper, block-influence, angular, sleb, ppl, taylor, "
+            "reverse-order, random. The surrogate settings below apply to the shapley methods."
+        ),
+    )
     # --- target
     num_layers_to_remove: int | None = field(
         default=None, metadata=_help("Number of decoder layers to remove (or give --ratio).", "--remove")
@@ -119,6 +127,10 @@ class ShapleyPruningConfig(PushToHubMixin):
         def fail(name: str, message: str) -> None:
             raise ValueError(f"ShapleyPruningConfig.{name}: {message}")
 
+        from .criteria import METHODS  # late: the criteria import this module
+
+        if self.method not in METHODS:
+            fail("method", f"must be one of {METHODS}, got {self.method!r}")
         if (self.num_layers_to_remove is None) == (self.pruning_ratio is None):
             fail(
                 "num_layers_to_remove",

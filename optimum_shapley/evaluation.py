@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ __all__ = [
     "MEASURE",
     "MaskEvaluation",
     "MaskEvaluationCache",
+    "MaskEvaluator",
     "evaluate_batches",
     "model_fingerprint",
     "run_fingerprint",
@@ -211,3 +213,90 @@ def evaluate_batches(
             total += nll
             tokens += count
     return total, tokens
+
+
+def _key(kept: Iterable[int], num_layers: int) -> str:
+    kept = set(kept)
+    return "".join("1" if i in kept else "0" for i in range(num_layers))
+
+
+class MaskEvaluator:
+    """Evaluates layer masks of one model on one calibration set, through the cache.
+
+    ``batches`` is a zero-argument callable returning a fresh iterable of batches (the pruner passes the Trainer's
+    eval dataloader), ``prepare`` moves a batch to the model's device. Every criterion that needs real-model
+    evaluations goes through this one object, so all of them share the cache and are counted the same way:
+    ``num_requested`` masks asked for, of which ``num_run`` were evaluated and ``num_cached`` read back.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Callable[[], Iterable[Mapping[str, torch.Tensor]]],
+        *,
+        prepare: Callable | None = None,
+        cache: MaskEvaluationCache | None = None,
+        num_layers: int | None = None,
+        show_progress: bool = True,
+        run: Callable[[list[int]], MaskEvaluation] | None = None,
+    ):
+        from .masking import num_decoder_layers
+
+        self.model = model
+        self.batches = batches
+        self.prepare = prepare
+        self.cache = cache
+        self.run = run or self.forward
+        self.num_layers = num_layers if num_layers is not None else num_decoder_layers(model)
+        self.show_progress = show_progress
+        self.num_run = 0
+        self.num_cached = 0
+
+    @property
+    def num_requested(self) -> int:
+        return self.num_run + self.num_cached
+
+    def prepared_batches(self) -> Iterable[Mapping[str, torch.Tensor]]:
+        for batch in self.batches():
+            yield self.prepare(batch) if self.prepare is not None else batch
+
+    def __call__(self, keep: Iterable[int] | np.ndarray) -> MaskEvaluation:
+        """Evaluation of the model keeping ``keep`` (indices, or a boolean mask over all layers)."""
+        from .masking import kept_layers_from_mask
+
+        kept = kept_layers_from_mask(keep, self.num_layers)
+        key = _key(kept, self.num_layers)
+        if self.cache is not None and key in self.cache:
+            self.num_cached += 1
+            return self.cache.get(key)
+        evaluation = self.run(kept)
+        if self.cache is not None:
+            self.cache.add(evaluation)
+        self.num_run += 1
+        return evaluation
+
+    def forward(self, kept: list[int]) -> MaskEvaluation:
+        """One real evaluation (no cache): token-weighted NLL of the model with only ``kept`` layers."""
+        from .masking import LayerMask
+
+        start = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with LayerMask(self.model, kept):
+                nll, tokens = evaluate_batches(self.model, self.prepared_batches())
+        finally:
+            self.model.train(was_training)
+        return MaskEvaluation(_key(kept, self.num_layers), nll, tokens, time.perf_counter() - start)
+
+    def evaluate_all(self, masks: Iterable[Iterable[int] | np.ndarray], desc: str = "Evaluating layer masks"):
+        """Evaluate many masks with a progress bar (ETA); cached ones are served without a forward pass."""
+        from tqdm.auto import tqdm
+
+        masks = list(masks)
+        results = []
+        with tqdm(total=len(masks), desc=desc, unit="mask", disable=not self.show_progress) as progress:
+            for mask in masks:
+                results.append(self(mask))
+                progress.update(1)
+        return results

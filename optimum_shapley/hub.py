@@ -42,17 +42,20 @@ def _pyplot():
     return plt
 
 
-def plot_contributions(result: PruningResult, path: str) -> str:
-    """Bar chart of every layer's estimated contribution with its standard error; removed layers in red."""
+def plot_contributions(result: PruningResult, path: str) -> str | None:
+    """Bar chart of every layer's score (contribution) with its standard error; removed layers in red. Nothing to
+    draw for methods that only produce a selection."""
+    if not result.values:
+        return None
     plt = _pyplot()
     layers = list(range(result.num_layers))
     removed = set(result.removed_layers)
     colors = ["#d62728" if i in removed else "#1f77b4" for i in layers]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * result.num_layers + 2), 3.6))
-    ax.bar(layers, result.values, yerr=result.stderr, color=colors, capsize=2, ecolor="#444444")
+    ax.bar(layers, result.values, yerr=result.stderr or None, color=colors, capsize=2, ecolor="#444444")
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_xlabel("decoder layer")
-    ax.set_ylabel(f"contribution ({result.utility})")
+    ax.set_ylabel(f"contribution ({result.utility})" if result.utility else f"{result.method} score")
     ax.set_title(f"{result.method}: {result.num_removed} of {result.num_layers} layers removed (red)")
     ax.set_xticks(layers)
     ax.tick_params(axis="x", labelsize=7)
@@ -91,30 +94,21 @@ def _is_hub_id(name: str) -> bool:
     return bool(name) and len(parts) == 2 and all(parts) and not os.path.exists(name)
 
 
-def build_model_card(
-    result: PruningResult,
-    *,
-    plots: dict[str, str] | None = None,
-    surrogate_repo_id: str | None = None,
-) -> ModelCard:
-    """The pruned model's card: what was removed, how it was chosen, what it measured, and its limits."""
+def _how_chosen(result: PruningResult, surrogate_repo_id: str | None) -> str:
+    calibration = (
+        f"{result.calibration.get('num_samples')} x {result.calibration.get('seq_length')} tokens of "
+        f"`{result.calibration.get('source')}`"
+    )
+    if not result.strata:  # a peer criterion: no surrogate game
+        from .criteria import get_criterion
+
+        description = get_criterion(result.method).description
+        return (
+            f"Layers were chosen by the `{result.method}` criterion ({description}) on {calibration}, using "
+            f"{result.selection_evaluations} real-model evaluations in {result.selection_seconds:.1f} s; the "
+            f"{result.num_removed} least important layers were removed."
+        )
     fit = result.surrogate_fit or {}
-    kept = result.num_layers - result.num_removed
-    data = ModelCardData(
-        base_model=result.base_model if _is_hub_id(result.base_model) else None,
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["optimum-shapley", "layer-pruning", "pruning", f"method-{result.method}"],
-    )
-    removed_text = ", ".join(map(str, result.removed_layers))
-    rows = "\n".join(
-        f"| {i} | {v:+.4f} | {s:.4f} | {'removed' if i in set(result.removed_layers) else 'kept'} |"
-        for i, (v, s) in enumerate(zip(result.values, result.stderr))
-    )
-    summary = "\n".join(f"| {label} | {value} |" for label, value in result.summary_rows())
-    figures = ""
-    for title, rel in (plots or {}).items():
-        figures += f"\n![{title}]({rel})\n"
     if fit:
         fit_text = (
             f"The surrogate was trained on {fit['num_train']} evaluated masks and validated on {fit['num_validation']} "
@@ -124,10 +118,45 @@ def build_model_card(
     else:
         fit_text = "A previously trained surrogate was reused; its validation is reported in its own repository."
     surrogate_text = (
-        f"The surrogate is published separately as [`{surrogate_repo_id}`](https://huggingface.co/{surrogate_repo_id})"
+        f"The surrogate is published separately as [`{surrogate_repo_id}`](https://huggingface.co/{surrogate_repo_id})."
         if surrogate_repo_id
-        else "The surrogate is saved in the `surrogate/` folder of the run"
+        else "The surrogate is saved in the `surrogate/` folder of the run."
     )
+    return (
+        "Each layer is a player in a cooperative game whose utility is the model's quality on calibration text "
+        f"(`{result.utility}`). {len(result.masks) or 'No'} layer masks were evaluated on the real model (kept-layer "
+        f"counts {result.strata}; calibration: {calibration}). {fit_text} Contributions were then estimated on the "
+        f"surrogate with the `{result.estimator}` estimator; the {result.num_removed} layers with the lowest "
+        f"contribution were removed. {surrogate_text}"
+    )
+
+
+def build_model_card(
+    result: PruningResult,
+    *,
+    plots: dict[str, str] | None = None,
+    surrogate_repo_id: str | None = None,
+) -> ModelCard:
+    """The pruned model's card: what was removed, how it was chosen, what it measured, and its limits."""
+    kept = result.num_layers - result.num_removed
+    data = ModelCardData(
+        base_model=result.base_model if _is_hub_id(result.base_model) else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["optimum-shapley", "layer-pruning", "pruning", f"method-{result.method}"],
+    )
+    summary = "\n".join(f"| {label} | {value} |" for label, value in result.summary_rows())
+    scores = ""
+    if result.values:
+        stderr = result.stderr or [float("nan")] * len(result.values)
+        removed = set(result.removed_layers)
+        rows = "\n".join(
+            f"| {i} | {v:+.4f} | {s:.4f} | {'removed' if i in removed else 'kept'} |"
+            for i, (v, s) in enumerate(zip(result.values, stderr))
+        )
+        title = "Layer contributions" if result.strata else "Layer scores"
+        scores = f"## {title}\n\n| layer | {title.split()[1][:-1]} | std. error | status |\n|---:|---:|---:|---|\n{rows}\n"
+    figures = "".join(f"\n![{title}]({rel})\n" for title, rel in (plots or {}).items())
     ppl_note = ""
     if result.calibration_ppl_before is not None:
         ppl_note = (
@@ -163,25 +192,15 @@ the kept layers are the original ones, and the model has not been fine-tuned aft
 |---|---|
 {summary}
 
-Removed layers (original indices): **{removed_text}**.
+Removed layers (original indices): **{", ".join(map(str, result.removed_layers))}**.
 
 ## How the layers were chosen
 
-Each layer is a player in a cooperative game whose utility is the model's quality on calibration text
-(`{result.utility}`). {len(result.masks) or "No"} layer masks were evaluated on the real model (kept-layer counts
-{result.strata}; calibration: {result.calibration.get("num_samples")} x {result.calibration.get("seq_length")} tokens
-of `{result.calibration.get("source")}`). {fit_text} Contributions were then estimated on the surrogate with the
-`{result.estimator}` estimator; the {result.num_removed} layers with the lowest contribution were removed.
-{surrogate_text}.
+{_how_chosen(result, surrogate_repo_id)}
 
 {ppl_note}
 
-## Layer contributions
-
-| layer | contribution | std. error | status |
-|---:|---:|---:|---|
-{rows}
-{figures}
+{scores}{figures}
 ## Citation
 
 ```bibtex
@@ -211,8 +230,9 @@ def write_run_folder(
 
     plots_dir = os.path.join(folder, PLOTS_DIR)
     os.makedirs(plots_dir, exist_ok=True)
-    plots = {"Layer contributions": f"{PLOTS_DIR}/{CONTRIBUTIONS_PLOT}"}
-    plot_contributions(result, os.path.join(plots_dir, CONTRIBUTIONS_PLOT))
+    plots = {}
+    if plot_contributions(result, os.path.join(plots_dir, CONTRIBUTIONS_PLOT)):
+        plots["Layer contributions"] = f"{PLOTS_DIR}/{CONTRIBUTIONS_PLOT}"
     if plot_surrogate_fit(result, os.path.join(plots_dir, SURROGATE_PLOT)):
         plots["Surrogate on held-out masks"] = f"{PLOTS_DIR}/{SURROGATE_PLOT}"
 

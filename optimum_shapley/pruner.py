@@ -8,35 +8,24 @@ the eval dataloader and the accelerator; mask evaluation reuses them in a light 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
 import time
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainingArguments, default_data_collator
 
 from .architectures import get_decoder_config
 from .config import ShapleyPruningConfig
+from .criteria import select_layers
 from .data import CalibrationDataset, build_calibration_dataset
-from .evaluation import (
-    MaskEvaluation,
-    MaskEvaluationCache,
-    evaluate_batches,
-    model_fingerprint,
-    run_fingerprint,
-    utilities_from_nll,
-)
+from .evaluation import MaskEvaluation, MaskEvaluationCache, MaskEvaluator, model_fingerprint, run_fingerprint
 from .loading import detach_gguf_quantizer
-from .masking import LayerMask, drop_layers, num_decoder_layers
+from .masking import drop_layers, kept_layers_from_mask, num_decoder_layers
 from .result import PruningResult
-from .sampling import key_to_mask, mask_to_key, sample_masks
-from .shapley import estimate_contributions
-from .surrogate import ShapleySurrogate, train_surrogate
+from .surrogate import ShapleySurrogate
 
 __all__ = ["SURROGATE_DIR", "ShapleyLayerPruner"]
 
@@ -129,7 +118,6 @@ class ShapleyLayerPruner(Trainer):
             model=model, args=args, eval_dataset=calibration_dataset, processing_class=processing_class, **kwargs
         )
         self.result: PruningResult | None = None
-        self._fit = None
         self._pruned = False
 
     # ------------------------------------------------------------------------------------------------------------
@@ -142,120 +130,64 @@ class ShapleyLayerPruner(Trainer):
         rows = [dataset[i]["input_ids"] for i in range(len(dataset))]
         return CalibrationDataset(torch.stack([torch.as_tensor(r) for r in rows])).fingerprint()
 
-    def evaluate_mask(self, keep: Any) -> MaskEvaluation:
-        """Token-weighted calibration NLL of the model with only ``keep`` layers (one real model evaluation)."""
-        dataloader = self.get_eval_dataloader(self.calibration_dataset)
-        self.model.eval()
-        keep_list = [i for i, kept in enumerate(keep) if kept] if len(keep) == self.num_layers else list(keep)
-        start = time.perf_counter()
-        with LayerMask(self.model, keep_list):
-            nll, tokens = evaluate_batches(self.model, dataloader, prepare=self._prepare_inputs)
-        flags = np.zeros(self.num_layers, dtype=bool)
-        flags[keep_list] = True
-        return MaskEvaluation(mask_to_key(flags), nll, tokens, time.perf_counter() - start)
+    def _calibration_batches(self):
+        return self.get_eval_dataloader(self.calibration_dataset)
 
-    def _evaluate_all(self, masks: np.ndarray, cache: MaskEvaluationCache) -> tuple[list[MaskEvaluation], int]:
-        keys = [mask_to_key(m) for m in masks]
-        todo = [k for k in dict.fromkeys(keys) if k not in cache]
-        progress = tqdm(
-            total=len(todo),
-            desc="Evaluating layer masks",
-            unit="mask",
-            disable=self.args.disable_tqdm or not self.is_world_process_zero(),
+    def mask_evaluator(self, cache: MaskEvaluationCache | None = None) -> MaskEvaluator:
+        """A ``MaskEvaluator`` over the Trainer's eval dataloader, evaluating through ``evaluate_mask``."""
+        return MaskEvaluator(
+            self.model,
+            self._calibration_batches,
+            prepare=self._prepare_inputs,
+            cache=cache,
+            num_layers=self.num_layers,
+            show_progress=not self.args.disable_tqdm and self.is_world_process_zero(),
+            run=lambda kept: self.evaluate_mask(kept),
         )
-        for key in todo:
-            cache.add(self.evaluate_mask(key_to_mask(key)))
-            progress.update(1)
-        progress.close()
-        return [cache.get(k) for k in keys], len(todo)
+
+    def evaluate_mask(self, keep: Any) -> MaskEvaluation:
+        """Token-weighted calibration NLL of the model with only ``keep`` layers: one real model evaluation."""
+        return self.mask_evaluator().forward(kept_layers_from_mask(keep, self.num_layers))
 
     # ------------------------------------------------------------------------------------------------------------
     # the job
 
     def prune(self, evaluate_calibration: bool = True) -> PruningResult:
-        """Estimate every layer's contribution, remove the least valuable layers from ``self.model``, and return
-        a ``PruningResult``. With ``evaluate_calibration=False`` no forward pass runs outside mask evaluation."""
+        """Choose layers with ``pruning_config.method``, remove them from ``self.model`` and return a
+        ``PruningResult``. With ``evaluate_calibration=False`` no forward pass runs outside the method itself."""
         if self._pruned:
             raise RuntimeError("prune() already ran on this model; load the model again to prune it differently")
         config = self.pruning_config
-        timings: dict[str, float] = {}
         start = time.perf_counter()
-        evaluated = 0
-        cached = 0
-        cache = None
-        masks = np.zeros((0, self.num_layers), dtype=bool)
-        evaluations: list[MaskEvaluation] = []
-        utilities = np.zeros(0)
-
         model_fp = model_fingerprint(self.model)
         if self.surrogate is not None and self.surrogate.model_fingerprint not in ("", model_fp):
             logger.warning("The surrogate was trained on a model with different weights or config than this one.")
-        if self.surrogate is None or evaluate_calibration:
-            cache = MaskEvaluationCache(
-                self.args.output_dir, run_fingerprint(model_fp, self._calibration_fingerprint())
-            )
-        timings["fingerprint"] = time.perf_counter() - start
+        cache = MaskEvaluationCache(self.args.output_dir, run_fingerprint(model_fp, self._calibration_fingerprint()))
+        evaluator = self.mask_evaluator(cache)
+        timings = {"fingerprint": time.perf_counter() - start}
 
-        if self.surrogate is None:
-            t = time.perf_counter()
-            masks = sample_masks(self.num_layers, self.strata, config.num_masks, config.seed)
-            evaluations, evaluated = self._evaluate_all(masks, cache)
-            cached = len(masks) - evaluated
-            timings["mask_evaluation"] = time.perf_counter() - t
-
-            t = time.perf_counter()
-            full_nll = evaluations[0].mean_nll
-            utilities = utilities_from_nll([e.mean_nll for e in evaluations], full_nll, config.utility)
-            bad = sum(not math.isfinite(e.mean_nll) for e in evaluations)
-            if bad:
-                logger.warning("%d mask(s) gave a non-finite loss; they keep the worst utility.", bad)
-            self.surrogate, self._fit = train_surrogate(
-                masks,
-                utilities,
-                hidden_multiplier=config.surrogate_hidden_multiplier,
-                activation=config.surrogate_activation,
-                utility=config.utility,
-                learning_rate=config.surrogate_learning_rate,
-                momentum=config.surrogate_momentum,
-                epochs=config.surrogate_epochs,
-                batch_size=config.surrogate_batch_size,
-                validation_fraction=config.validation_fraction,
-                seed=config.seed,
-                metadata={
-                    "base_model": self._base_model_name(),
-                    "model_fingerprint": model_fp,
-                    "strata": self.strata,
-                },
-                mask_keys=[e.mask for e in evaluations],
-            )
-            timings["surrogate"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        self.surrogate.eval()
-        estimate = estimate_contributions(
-            self.surrogate,
-            self.num_layers,
-            estimator=config.estimator,
-            num_samples=config.mc_samples,
+        choice = select_layers(
+            config.method,
+            evaluator,
+            self.num_to_remove,
             seed=config.seed,
-            kept_counts=self.strata,
+            config=config,
+            surrogate=self.surrogate,
+            metadata={"base_model": self._base_model_name(), "model_fingerprint": model_fp},
         )
-        timings["shapley"] = time.perf_counter() - t
-        values = np.asarray(estimate.values, dtype=np.float64)
-        removed = sorted(
-            int(i) for i in sorted(range(self.num_layers), key=lambda i: (values[i], i))[: self.num_to_remove]
-        )
+        timings["selection"] = choice.seconds
+        details = dict(choice.details)
+        if details.get("surrogate") is not None:
+            self.surrogate = details.pop("surrogate")
+        fit = details.pop("surrogate_fit", None)
+        removed = choice.removed_layers
         kept = [i for i in range(self.num_layers) if i not in removed]
 
         ppl_before = ppl_after = None
         if evaluate_calibration:
             t = time.perf_counter()
-            full_key = mask_to_key(np.ones(self.num_layers, dtype=bool))
-            kept_key = mask_to_key(np.isin(np.arange(self.num_layers), kept))
-            extra, n_new = self._evaluate_all(_masks_from_keys([full_key, kept_key]), cache)
-            evaluated += n_new
-            cached += 2 - n_new
-            ppl_before, ppl_after = extra[0].perplexity, extra[1].perplexity
+            ppl_before = evaluator(list(range(self.num_layers))).perplexity
+            ppl_after = evaluator(kept).perplexity
             timings["calibration_report"] = time.perf_counter() - t
 
         drop_layers(self.model, removed)
@@ -264,20 +196,20 @@ class ShapleyLayerPruner(Trainer):
         dataset = self.calibration_dataset
         self.result = PruningResult(
             base_model=self._base_model_name(),
-            method="shapley" if config.estimator == "permutation" else "shapley-paper",
+            method=config.method,
             num_layers=self.num_layers,
             num_removed=self.num_to_remove,
             removed_layers=removed,
             kept_layers=kept,
-            values=values.tolist(),
-            stderr=np.asarray(estimate.stderr, dtype=np.float64).tolist(),
-            estimator=config.estimator,
-            utility=config.utility,
-            strata=list(self.strata),
-            masks=[e.mask for e in evaluations],
-            mean_nll=[e.mean_nll for e in evaluations],
-            utilities=utilities.tolist(),
-            surrogate_fit=self._fit.to_dict() if self._fit is not None else {},
+            values=choice.scores,
+            stderr=choice.stderr,
+            estimator=details.pop("estimator", ""),
+            utility=details.pop("utility", ""),
+            strata=details.pop("strata", []),
+            masks=details.pop("masks", []),
+            mean_nll=details.pop("mean_nll", []),
+            utilities=details.pop("utilities", []),
+            surrogate_fit=fit.to_dict() if fit is not None else {},
             calibration_ppl_before=ppl_before,
             calibration_ppl_after=ppl_after,
             calibration={
@@ -285,8 +217,11 @@ class ShapleyLayerPruner(Trainer):
                 "num_samples": len(dataset),
                 "seq_length": int(torch.as_tensor(dataset[0]["input_ids"]).numel()),
             },
-            num_model_evaluations=evaluated,
-            num_cached_evaluations=cached,
+            num_model_evaluations=evaluator.num_run,
+            num_cached_evaluations=evaluator.num_cached,
+            selection_evaluations=choice.num_model_evaluations,
+            selection_seconds=choice.seconds,
+            details={k: v for k, v in details.items() if k != "estimate_seconds"},
             timings=timings,
             config=config.to_dict(),
             weights_source=str(getattr(self.model, "weights_source", "") or ""),
@@ -360,7 +295,3 @@ class ShapleyLayerPruner(Trainer):
                 token=token,
                 commit_message=commit_message,
             )
-
-
-def _masks_from_keys(keys: list[str]) -> np.ndarray:
-    return np.stack([key_to_mask(k) for k in keys])

@@ -19,7 +19,9 @@ class PruningResult:
     ``values``/``stderr`` are indexed by the original layer; ``removed_layers`` are the ``num_removed`` lowest.
     ``masks`` (``"1101..."`` strings, layer 0 first) line up with ``mean_nll`` and ``utilities``: a mask whose loss
     was not finite keeps its place with the worst utility. ``num_model_evaluations`` counts real forward passes
-    over the calibration set run by this call; ``num_cached_evaluations`` the ones read back from the cache.
+    over the calibration set run by this call; ``num_cached_evaluations`` the ones read back from the cache;
+    ``selection_evaluations`` what the method needs, cache or not (its cost, comparable across methods), and
+    ``selection_seconds`` how long the selection took. Methods without per-layer scores leave ``values`` empty.
     """
 
     base_model: str
@@ -42,14 +44,12 @@ class PruningResult:
     calibration: dict[str, Any] = field(default_factory=dict)
     num_model_evaluations: int = 0
     num_cached_evaluations: int = 0
+    selection_evaluations: int = 0
+    selection_seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     weights_source: str = ""  # e.g. "de-quantized from the GGUF file ..."
-
-    @property
-    def ranking(self) -> list[int]:
-        """Layers from least to most valuable."""
-        return sorted(range(self.num_layers), key=lambda i: (self.values[i], i))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,20 +71,27 @@ class PruningResult:
         def fmt(value: Any, spec: str = ".3f") -> str:
             return "n/a" if value is None else format(value, spec)
 
-        return [
+        method = self.method
+        if self.estimator:
+            method += f" (estimator: {self.estimator}, utility: {self.utility})"
+        rows = [
             ("base model", self.base_model),
-            ("method", f"{self.method} (estimator: {self.estimator}, utility: {self.utility})"),
+            ("method", method),
             ("layers", f"{self.num_layers} -> {self.num_layers - self.num_removed} ({self.num_removed} removed)"),
             ("removed layers", ", ".join(map(str, self.removed_layers))),
             (
                 "calibration perplexity",
                 f"{fmt(self.calibration_ppl_before, '.2f')} -> {fmt(self.calibration_ppl_after, '.2f')}",
             ),
-            ("surrogate held-out R^2", fmt(fit.get("validation_r2"))),
-            ("surrogate held-out Spearman", fmt(fit.get("validation_spearman"))),
-            (
-                "model evaluations",
-                f"{self.num_model_evaluations} run, {self.num_cached_evaluations} from cache",
-            ),
+        ]
+        if fit:
+            rows += [
+                ("surrogate held-out R^2", fmt(fit.get("validation_r2"))),
+                ("surrogate held-out Spearman", fmt(fit.get("validation_spearman"))),
+            ]
+        rows += [
+            ("method cost", f"{self.selection_evaluations} model evaluations, {self.selection_seconds:.1f} s"),
+            ("model evaluations", f"{self.num_model_evaluations} run, {self.num_cached_evaluations} from cache"),
             ("wall time", f"{self.timings.get('total', 0.0):.1f} s"),
         ]
+        return rows

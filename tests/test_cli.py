@@ -156,3 +156,10 @@ def test_registered_with_optimum_cli(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "--num_layers_to_remove" in run.stdout and "--push-to-hub" in run.stdout
+
+
+def test_method_option(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["prune", model_dir, "--output", str(out), "--remove", "2", "--method", "reverse-order", *FAST]) == 0
+    assert "reverse-order" in capsys.readouterr().out
+    assert json.loads((out / "shapley_results.json").read_text())["removed_layers"] == [3, 4]

@@ -217,3 +217,17 @@ def test_layer_mask_evaluation_matches_pruned_model_loss(tmp_path):
         loss = reference(input_ids=ids, labels=ids).loss.item()  # mean over all target tokens
     assert evaluation.mean_nll == pytest.approx(loss, rel=1e-5)
     assert evaluation.num_tokens == ids.shape[0] * (ids.shape[1] - 1)
+
+
+@pytest.mark.parametrize("method", ["block-influence", "angular", "sleb"])
+def test_peer_methods_through_the_pruner(tmp_path, method):
+    pruner = _pruner(tmp_path, method=method)
+    result = pruner.prune()
+    assert result.method == method and len(result.removed_layers) == 2
+    assert result.selection_evaluations == {"block-influence": 1, "angular": 1, "sleb": DEPTH + DEPTH - 1}[method]
+    assert result.selection_seconds > 0 and not result.surrogate_fit and not result.masks
+    out = pruner.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert f"`{method}` criterion" in card and f"method-{method}" in card
+    assert "surrogate" not in os.listdir(out)
+    assert ("layer_contributions.png" in os.listdir(os.path.join(out, "plots"))) == (method == "block-influence")

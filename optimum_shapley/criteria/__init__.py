@@ -1,0 +1,30 @@
+"""Every layer-selection criterion behind one interface (``select_layers``), ours and the peers'.
+
+| name | method | real-model cost |
+|---|---|---|
+| ``shapley`` | surrogate-assisted Shapley values (default) | ``num_masks`` evaluations |
+| ``shapley-paper`` | the paper's configuration | ``num_masks`` evaluations |
+| ``block-influence`` | ShortGPT | 1 forward pass |
+| ``angular`` | Gromov et al., contiguous block | 1 forward pass |
+| ``sleb`` | SLEB, iterative | sum over steps of the remaining layers |
+| ``ppl`` | Shortened-LLaMA leave-one-out perplexity | one evaluation per layer |
+| ``taylor`` | Shortened-LLaMA first-order Taylor | 1 forward + backward |
+| ``reverse-order`` | last layers before the final one | none |
+| ``random`` | seeded random | none |
+"""
+
+from typing import Any
+
+from ..evaluation import MaskEvaluator
+from . import perplexity, shapley, similarity, simple  # noqa: F401  (importing registers the criteria)
+from .base import CRITERIA, CriterionResult, LayerCriterion, get_criterion, register_criterion
+
+__all__ = ["CRITERIA", "METHODS", "CriterionResult", "LayerCriterion", "get_criterion", "register_criterion", "select_layers"]
+
+METHODS = ("shapley", "shapley-paper", "block-influence", "angular", "sleb", "ppl", "taylor", "reverse-order", "random")
+assert set(METHODS) == set(CRITERIA), "every registered criterion is listed in METHODS, in display order"
+
+
+def select_layers(method: str, evaluator: MaskEvaluator, num_remove: int, *, seed: int = 0, **options: Any) -> CriterionResult:
+    """Choose ``num_remove`` layers to remove with ``method`` (see the table above)."""
+    return get_criterion(method).select(evaluator, num_remove, seed=seed, **options)
