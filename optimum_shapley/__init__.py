@@ -2,7 +2,16 @@
 
 from .architectures import UnsupportedArchitectureError, find_decoder_layers
 from .config import ShapleyPruningConfig
-from .data import CalibrationDataError, CalibrationDataset, build_calibration_dataset, load_texts
+from .criteria import METHODS, CriterionResult, select_layers
+from .data import (
+    EMBEDDED_SOURCE,
+    CalibrationDataError,
+    CalibrationDataset,
+    build_calibration_dataset,
+    load_texts,
+    tokenize_blocks,
+)
+from .evaluation import MaskEvaluator
 from .loading import PACKAGED_MODELS, MissingModelPackageError, load_causal_lm
 from .masking import LayerMask, LayerSelectionError, UnsafeLayerRemovalError, drop_layers, num_decoder_layers
 from .pruner import ShapleyLayerPruner
@@ -14,11 +23,15 @@ from .surrogate import ShapleySurrogate, SurrogateFit, train_surrogate
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMBEDDED_SOURCE",
+    "METHODS",
     "PACKAGED_MODELS",
     "CalibrationDataError",
     "CalibrationDataset",
+    "CriterionResult",
     "LayerMask",
     "LayerSelectionError",
+    "MaskEvaluator",
     "MissingModelPackageError",
     "PruningResult",
     "ShapleyEstimate",
@@ -39,5 +52,7 @@ __all__ = [
     "paper_contributions",
     "permutation_shapley",
     "sample_masks",
+    "select_layers",
+    "tokenize_blocks",
     "train_surrogate",
 ]

@@ -121,6 +121,17 @@ class ShapleyPruningConfig(PushToHubMixin):
     mc_samples: int = field(
         default=80000, metadata=_help("Monte Carlo samples on the surrogate: permutations or coalitions.")
     )
+    # --- surrogate-guided search of the kept set
+    search_rounds: int = field(
+        default=0,
+        metadata=_help(
+            "Experimental, off by default (not yet shown to help: docs/benchmarks.md). Rounds of search on the "
+            "surrogate for the best kept set of the target size, each verifying the most promising candidates on "
+            "the real model and stopping when a round finds nothing better. 0 removes the layers with the lowest "
+            "contributions."
+        ),
+    )
+    search_candidates: int = field(default=8, metadata=_help("Candidates verified on the real model per round."))
     seed: int = field(default=42, metadata=_help("Seed for calibration sampling, masks, surrogate and estimator."))
 
     def __post_init__(self) -> None:
@@ -146,6 +157,10 @@ class ShapleyPruningConfig(PushToHubMixin):
         for name in ("num_samples", "num_masks", "surrogate_hidden_multiplier", "surrogate_epochs"):
             if getattr(self, name) < 1:
                 fail(name, f"must be at least 1, got {getattr(self, name)!r}")
+        if self.search_rounds < 0:
+            fail("search_rounds", f"must be 0 or more, got {self.search_rounds!r}")
+        if self.search_candidates < 1:
+            fail("search_candidates", f"must be at least 1, got {self.search_candidates!r}")
         if self.surrogate_batch_size < 1:
             fail("surrogate_batch_size", f"must be at least 1, got {self.surrogate_batch_size!r}")
         if self.mc_samples < 1:

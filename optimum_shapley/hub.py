@@ -155,7 +155,9 @@ def build_model_card(
             for i, (v, s) in enumerate(zip(result.values, stderr))
         )
         title = "Layer contributions" if result.strata else "Layer scores"
-        scores = f"## {title}\n\n| layer | {title.split()[1][:-1]} | std. error | status |\n|---:|---:|---:|---|\n{rows}\n"
+        scores = (
+            f"## {title}\n\n| layer | {title.split()[1][:-1]} | std. error | status |\n|---:|---:|---:|---|\n{rows}\n"
+        )
     figures = "".join(f"\n![{title}]({rel})\n" for title, rel in (plots or {}).items())
     ppl_note = ""
     if result.calibration_ppl_before is not None:

@@ -64,9 +64,36 @@ def test_cost_is_recorded(method):
     assert result.num_model_evaluations == EXPECTED_COST[method]
 
 
-def test_shapley_cost_is_its_mask_budget():
-    result = select_layers("shapley", _evaluator(tiny_model("llama"), _random_ids()), 2, **_options("shapley", 2, 0))
-    assert result.num_model_evaluations == len(result.details["masks"]) == 30
+def _search_options():
+    # 8 layers: 70 kept sets of the target size, more than the 30 sampled masks, so the search has sets to verify
+    return {"config": ShapleyPruningConfig(num_layers_to_remove=2, search_rounds=4, **SHAPLEY_OPTIONS)}
+
+
+def test_shapley_cost_is_its_masks_plus_verified_candidates():
+    result = select_layers(
+        "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
+    )
+    verified = sum(r["verified"] for r in result.details["search"])
+    assert result.num_model_evaluations == len(result.details["masks"]) == 30 + verified
+    assert 0 < verified <= 4 * 8
+
+
+def test_search_removes_the_best_verified_kept_set():
+    result = select_layers(
+        "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
+    )
+    assert sum(r["verified"] for r in result.details["search"]) > 0
+    at_target = [(u, m) for m, u in zip(result.details["masks"], result.details["utilities"]) if m.count("1") == 6]
+    best_mask = max(at_target)[1]
+    assert result.removed_layers == [i for i, c in enumerate(best_mask) if c == "0"]
+
+
+def test_without_search_the_lowest_contributions_go():
+    options = {"config": ShapleyPruningConfig(num_layers_to_remove=2, **SHAPLEY_OPTIONS)}  # search off by default
+    result = select_layers("shapley", _evaluator(tiny_model("llama"), _random_ids()), 2, **options)
+    assert "search" not in result.details
+    order = sorted(range(DEPTH), key=lambda i: (result.scores[i], i))
+    assert result.removed_layers == sorted(order[:2])
 
 
 def test_paper_configuration():

@@ -49,7 +49,7 @@ def test_result_is_consistent(pruned_run):
     assert isinstance(result, PruningResult)
     assert result.num_layers == DEPTH and result.num_removed == 2
     assert len(result.removed_layers) == 2 and sorted(result.removed_layers + result.kept_layers) == list(range(DEPTH))
-    # the removed layers are the two lowest contributions
+    # by default the removed layers are the two lowest contributions
     order = np.argsort(result.values, kind="stable")
     assert sorted(order[:2].tolist()) == result.removed_layers
     assert len(result.values) == len(result.stderr) == DEPTH

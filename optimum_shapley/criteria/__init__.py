@@ -19,12 +19,22 @@ from ..evaluation import MaskEvaluator
 from . import perplexity, shapley, similarity, simple  # noqa: F401  (importing registers the criteria)
 from .base import CRITERIA, CriterionResult, LayerCriterion, get_criterion, register_criterion
 
-__all__ = ["CRITERIA", "METHODS", "CriterionResult", "LayerCriterion", "get_criterion", "register_criterion", "select_layers"]
+__all__ = [
+    "CRITERIA",
+    "METHODS",
+    "CriterionResult",
+    "LayerCriterion",
+    "get_criterion",
+    "register_criterion",
+    "select_layers",
+]
 
 METHODS = ("shapley", "shapley-paper", "block-influence", "angular", "sleb", "ppl", "taylor", "reverse-order", "random")
 assert set(METHODS) == set(CRITERIA), "every registered criterion is listed in METHODS, in display order"
 
 
-def select_layers(method: str, evaluator: MaskEvaluator, num_remove: int, *, seed: int = 0, **options: Any) -> CriterionResult:
+def select_layers(
+    method: str, evaluator: MaskEvaluator, num_remove: int, *, seed: int = 0, **options: Any
+) -> CriterionResult:
     """Choose ``num_remove`` layers to remove with ``method`` (see the table above)."""
     return get_criterion(method).select(evaluator, num_remove, seed=seed, **options)

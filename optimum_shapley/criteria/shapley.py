@@ -18,6 +18,7 @@ import numpy as np
 from ..config import ShapleyPruningConfig
 from ..evaluation import MaskEvaluator, utilities_from_nll
 from ..sampling import sample_masks
+from ..search import propose_kept_sets, surrogate_predictor
 from ..shapley import estimate_contributions
 from ..surrogate import ShapleySurrogate, train_surrogate
 from .base import CriterionResult, LayerCriterion, lowest, register_criterion
@@ -33,7 +34,7 @@ PAPER_REMOVED_OFFSETS = (2, 5, 8, 11, 14)
 def paper_configuration(config: ShapleyPruningConfig, num_layers: int) -> ShapleyPruningConfig:
     """The published settings (strata, utility, estimator) applied to ``config``'s budget and seed."""
     strata = sorted({min(max(num_layers - r, 1), num_layers - 1) for r in PAPER_REMOVED_OFFSETS})
-    return dataclasses.replace(config, strata=strata, utility="ppl_ratio", estimator="paper")
+    return dataclasses.replace(config, strata=strata, utility="ppl_ratio", estimator="paper", search_rounds=0)
 
 
 @register_criterion
@@ -64,36 +65,38 @@ class ShapleyCriterion(LayerCriterion):
         strata = config.resolved_strata(num_layers)
         details: dict[str, Any] = {"strata": strata, "utility": config.utility, "estimator": config.estimator}
         fit = None
+        removed = None
         if surrogate is None:
             masks = sample_masks(num_layers, strata, config.num_masks, config.seed)
             evaluations = evaluator.evaluate_all(masks)
+            surrogate, fit, utilities = self._fit(config, evaluations, strata, metadata)
+            if config.search_rounds > 0:
+                estimate = self._estimate(surrogate, num_layers, config, strata)
+                evaluations, surrogate, fit, utilities, removed, rounds = self._search(
+                    evaluator, config, evaluations, utilities, surrogate, fit, estimate, num_remove, strata, metadata
+                )
+                details["search"] = rounds
             mean_nll = [e.mean_nll for e in evaluations]
-            utilities = utilities_from_nll(mean_nll, mean_nll[0], config.utility)
-            broken = sum(not math.isfinite(v) for v in mean_nll)
-            if broken:
-                logger.warning("%d mask(s) gave a non-finite loss; they keep the worst utility.", broken)
-            surrogate, fit = train_surrogate(
-                masks,
-                utilities,
-                hidden_multiplier=config.surrogate_hidden_multiplier,
-                activation=config.surrogate_activation,
-                utility=config.utility,
-                learning_rate=config.surrogate_learning_rate,
-                momentum=config.surrogate_momentum,
-                epochs=config.surrogate_epochs,
-                batch_size=config.surrogate_batch_size,
-                validation_fraction=config.validation_fraction,
-                seed=config.seed,
-                metadata={**(metadata or {}), "strata": strata},
-                mask_keys=[e.mask for e in evaluations],
-            )
             details.update(masks=[e.mask for e in evaluations], mean_nll=mean_nll, utilities=utilities.tolist())
         elif surrogate.num_layers != num_layers:
             raise ValueError(
                 f"the surrogate was trained for a model with {surrogate.num_layers} layers; this model has {num_layers}"
             )
+        estimate = self._estimate(surrogate, num_layers, config, strata)
+        values = np.asarray(estimate.values, dtype=np.float64).tolist()
+        details.update(surrogate=surrogate, surrogate_fit=fit, estimate_seconds=estimate.seconds)
+        return CriterionResult(
+            self.name,
+            removed if removed is not None else lowest(values, num_remove),
+            scores=values,
+            stderr=np.asarray(estimate.stderr, dtype=np.float64).tolist(),
+            details=details,
+        )
+
+    @staticmethod
+    def _estimate(surrogate, num_layers, config, strata):
         surrogate.eval()
-        estimate = estimate_contributions(
+        return estimate_contributions(
             surrogate,
             num_layers,
             estimator=config.estimator,
@@ -101,15 +104,75 @@ class ShapleyCriterion(LayerCriterion):
             seed=config.seed,
             kept_counts=strata,
         )
-        values = np.asarray(estimate.values, dtype=np.float64).tolist()
-        details.update(surrogate=surrogate, surrogate_fit=fit, estimate_seconds=estimate.seconds)
-        return CriterionResult(
-            self.name,
-            lowest(values, num_remove),
-            scores=values,
-            stderr=np.asarray(estimate.stderr, dtype=np.float64).tolist(),
-            details=details,
+
+    @staticmethod
+    def _fit(config, evaluations, strata, metadata):
+        mean_nll = [e.mean_nll for e in evaluations]
+        utilities = utilities_from_nll(mean_nll, mean_nll[0], config.utility)
+        broken = sum(not math.isfinite(v) for v in mean_nll)
+        if broken:
+            logger.warning("%d mask(s) gave a non-finite loss; they keep the worst utility.", broken)
+        masks = np.stack([np.array([c == "1" for c in e.mask]) for e in evaluations])
+        surrogate, fit = train_surrogate(
+            masks,
+            utilities,
+            hidden_multiplier=config.surrogate_hidden_multiplier,
+            activation=config.surrogate_activation,
+            utility=config.utility,
+            learning_rate=config.surrogate_learning_rate,
+            momentum=config.surrogate_momentum,
+            epochs=config.surrogate_epochs,
+            batch_size=config.surrogate_batch_size,
+            validation_fraction=config.validation_fraction,
+            seed=config.seed,
+            metadata={**(metadata or {}), "strata": strata},
+            mask_keys=[e.mask for e in evaluations],
         )
+        return surrogate, fit, utilities
+
+    def _search(
+        self, evaluator, config, evaluations, utilities, surrogate, fit, estimate, num_remove, strata, metadata
+    ):
+        """Surrogate-guided search of the kept set, verified on the real model (see ``search.py``)."""
+        num_layers = evaluator.num_layers
+        target = num_layers - num_remove
+
+        def best_verified(evals, utils):
+            at_target = [i for i, e in enumerate(evals) if e.mask.count("1") == target]
+            return max(at_target, key=lambda i: (utils[i], -i)) if at_target else None
+
+        shapley_start = np.ones(num_layers, dtype=bool)
+        shapley_start[lowest(np.asarray(estimate.values).tolist(), num_remove)] = False
+        rounds = []
+        for round_index in range(config.search_rounds):
+            best = best_verified(evaluations, utilities)
+            best_before = float(utilities[best]) if best is not None else -math.inf
+            at_target = sorted(
+                (i for i, e in enumerate(evaluations) if e.mask.count("1") == target), key=lambda i: -utilities[i]
+            )
+            starts = [shapley_start] + [np.array([c == "1" for c in evaluations[i].mask]) for i in at_target[:3]]
+            candidates = propose_kept_sets(
+                surrogate_predictor(surrogate),
+                num_layers,
+                target,
+                starts,
+                exclude={e.mask for e in evaluations},
+                count=config.search_candidates,
+            )
+            if not candidates:
+                break
+            new = evaluator.evaluate_all(candidates, desc=f"Verifying kept sets (round {round_index + 1})")
+            evaluations = evaluations + new
+            surrogate, fit, utilities = self._fit(config, evaluations, strata, metadata)
+            best = best_verified(evaluations, utilities)
+            rounds.append(
+                {"verified": len(new), "best_utility": float(utilities[best]), "best_mask": evaluations[best].mask}
+            )
+            if float(utilities[best]) <= best_before:
+                break
+        best = best_verified(evaluations, utilities)
+        removed = [i for i, c in enumerate(evaluations[best].mask) if c == "0"] if best is not None else None
+        return evaluations, surrogate, fit, utilities, removed, rounds
 
 
 @register_criterion

@@ -1,0 +1,206 @@
+"""Which layers should go? Every criterion side by side, one protocol, real models.
+
+    python bench/quality.py            # SmolLM2-135M (remove 6, 10 of 30) and Gemma-3-270M (remove 4, 6 of 18)
+    python bench/quality.py --quick    # SmolLM2-135M, remove 6, smaller calibration, eval and mask budget
+
+Calibration: 10 x 128 tokens of ../shared/data/calibration/c4_demo.json (seed 0), the same blocks for every method.
+Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted; a
+fixed prefix of --eval-windows windows (the whole set is ~2,400 windows, ~10 min per evaluation here).
+Each (model, method) has its own evaluation cache shared by that method's cells: "evaluations" is what the method
+needs (its real cost, cache or not); "run" is what this bench actually executed.
+Writes bench/results/quality.json, bench/results/quality.md and bench/results/quality.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+
+from torch.utils.data import DataLoader  # noqa: E402
+from transformers import default_data_collator  # noqa: E402
+
+from optimum_shapley import LayerMask, ShapleyPruningConfig, build_calibration_dataset, load_causal_lm  # noqa: E402
+from optimum_shapley.criteria import METHODS, select_layers  # noqa: E402
+from optimum_shapley.evaluation import MaskEvaluationCache, MaskEvaluator, model_fingerprint, run_fingerprint  # noqa: E402
+from optimum_shapley.masking import num_decoder_layers  # noqa: E402
+from optimum_shapley.perplexity import perplexity_of_windows, read_raw_lines, text_windows  # noqa: E402
+
+CELLS = {"smollm2-135m": [6, 10], "gemma3-270m": [4, 6]}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="SmolLM2 only, remove 6, reduced budgets (< 10 min)")
+    parser.add_argument("--models", default=None, help="comma-separated aliases (default: both, or SmolLM2 if --quick)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
+    parser.add_argument("--eval-windows", type=int, default=None, help="WikiText-2 windows (default 128; quick 32)")
+    parser.add_argument("--num-samples", type=int, default=None, help="calibration blocks (default 10; quick 4)")
+    parser.add_argument(
+        "--num-masks",
+        type=int,
+        default=None,
+        help="mask budget of the shapley methods (default: the config default; quick 64)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "bench", "results"))
+    args = parser.parse_args()
+    args.models = args.models.split(",") if args.models else (["smollm2-135m"] if args.quick else list(CELLS))
+    args.methods = args.methods.split(",")
+    args.eval_windows = args.eval_windows or (32 if args.quick else 128)
+    args.num_samples = args.num_samples or (4 if args.quick else 10)
+    args.num_masks = args.num_masks or (64 if args.quick else ShapleyPruningConfig(num_layers_to_remove=1).num_masks)
+    return args
+
+
+def plot(rows: list[dict], dense: dict[str, float], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted(
+        {(r["model"], r["removed"]) for r in rows},
+        key=lambda c: (list(CELLS).index(c[0]) if c[0] in CELLS else 9, c[1]),
+    )
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 4.2), squeeze=False)
+    for ax, (model, removed) in zip(axes[0], cells):
+        values = [
+            next(r["wikitext2_ppl"] for r in rows if (r["model"], r["removed"], r["method"]) == (model, removed, m))
+            for m in methods
+        ]
+        colors = ["#d62728" if m == "shapley" else "#ff9896" if m == "shapley-paper" else "#1f77b4" for m in methods]
+        ax.bar(range(len(methods)), values, color=colors)
+        ax.axhline(dense[model], color="black", linestyle="--", linewidth=0.8, label="dense")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"{model}: remove {removed}", fontsize=10)
+        ax.set_ylabel("WikiText-2 perplexity (128-token windows, log)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_args()
+    wikitext = os.path.join(args.data_dir, "wikitext-2-raw", "wiki.test.raw")
+    c4 = os.path.join(args.data_dir, "calibration", "c4_demo.json")
+    for path in (wikitext, c4):
+        if not os.path.exists(path):
+            sys.exit(f"missing {path}: pass --data-dir pointing at the shared evaluation data")
+    os.makedirs(args.output_dir, exist_ok=True)
+    cache_root = os.path.join(args.output_dir, "quality-cache")
+    shutil.rmtree(cache_root, ignore_errors=True)  # every bench run measures from scratch
+
+    rows, dense, meta = [], {}, {}
+    bench_start = time.perf_counter()
+    for alias in args.models:
+        model, tokenizer = load_causal_lm(alias)
+        model.eval()
+        depth = num_decoder_layers(model)
+        calibration = build_calibration_dataset(tokenizer, c4, num_samples=args.num_samples, seq_length=128, seed=0)
+        windows = text_windows(tokenizer, read_raw_lines(wikitext), 128)
+        total_windows = len(windows)
+        windows = windows[: args.eval_windows]
+        t = time.perf_counter()
+        dense[alias] = perplexity_of_windows(model, windows, args.batch_size)
+        meta[alias] = {
+            "depth": depth,
+            "eval_windows": len(windows),
+            "eval_tokens": int(windows.numel()),
+            "wikitext_windows_total": total_windows,
+            "dense_eval_seconds": time.perf_counter() - t,
+        }
+        print(
+            f"{alias}: {depth} layers, dense WikiText-2 ppl {dense[alias]:.2f} on {len(windows)}/{total_windows} windows"
+        )
+        fingerprint = run_fingerprint(model_fingerprint(model), calibration.fingerprint())
+
+        def batches(dataset=calibration):
+            return DataLoader(dataset, batch_size=args.batch_size, collate_fn=default_data_collator)
+
+        for method in args.methods:
+            cache = MaskEvaluationCache(os.path.join(cache_root, alias, method), fingerprint)
+            for removed in [CELLS[alias][0]] if args.quick else CELLS[alias]:
+                evaluator = MaskEvaluator(model, batches, cache=cache, show_progress=False)
+                options = {}
+                if method.startswith("shapley"):
+                    options["config"] = ShapleyPruningConfig(
+                        num_layers_to_remove=removed, num_masks=args.num_masks, seed=0, num_samples=args.num_samples
+                    )
+                choice = select_layers(method, evaluator, removed, seed=0, **options)
+                kept = [i for i in range(depth) if i not in choice.removed_layers]
+                with LayerMask(model, kept):
+                    ppl = perplexity_of_windows(model, windows, args.batch_size)
+                fit = choice.details.get("surrogate_fit")
+                row = {
+                    "model": alias,
+                    "removed": removed,
+                    "method": method,
+                    "removed_layers": choice.removed_layers,
+                    "wikitext2_ppl": ppl,
+                    "evaluations": choice.num_model_evaluations,
+                    "run": evaluator.num_run,
+                    "selection_seconds": choice.seconds,
+                    "surrogate_validation_r2": fit.validation_r2 if fit is not None else None,
+                }
+                rows.append(row)
+                print(
+                    f"  remove {removed:>2} {method:<16} ppl {ppl:>10.2f}  evals {row['evaluations']:>4} "
+                    f"(run {row['run']:>4})  {row['selection_seconds']:>7.1f} s  layers {choice.removed_layers}",
+                    flush=True,
+                )
+        del model
+
+    total = time.perf_counter() - bench_start
+    lines = [
+        "| model | removed | method | WikiText-2 ppl | x dense | model evaluations | selection s | removed layers |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for alias in args.models:
+        lines.append(f"| {alias} | 0 | dense | {dense[alias]:.2f} | 1.00 | 0 | 0 | - |")
+        for r in (r for r in rows if r["model"] == alias):
+            best = min(x["wikitext2_ppl"] for x in rows if (x["model"], x["removed"]) == (alias, r["removed"]))
+            ppl = f"**{r['wikitext2_ppl']:.2f}**" if r["wikitext2_ppl"] == best else f"{r['wikitext2_ppl']:.2f}"
+            lines.append(
+                f"| {alias} | {r['removed']} | {r['method']} | {ppl} | {r['wikitext2_ppl'] / dense[alias]:.2f} | "
+                f"{r['evaluations']} | {r['selection_seconds']:.1f} | {', '.join(map(str, r['removed_layers']))} |"
+            )
+    table = "\n".join(lines)
+    note = (
+        f"WikiText-2 perplexity on the first {args.eval_windows} non-overlapping 128-token windows of the raw test set; "
+        f"calibration {args.num_samples} x 128 tokens of c4_demo.json (seed 0); shapley mask budget {args.num_masks}; "
+        f"{'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
+    )
+    print()
+    print(table)
+    print()
+    print(note)
+    with open(os.path.join(args.output_dir, "quality.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n\n" + note + "\n")
+    plot(rows, dense, os.path.join(args.output_dir, "quality.png"))
+    with open(os.path.join(args.output_dir, "quality.json"), "w", encoding="utf-8") as f:
+        info = {"quick": args.quick, "eval_windows": args.eval_windows, "num_samples": args.num_samples}
+        info.update(num_masks=args.num_masks, seconds=total, torch=torch.__version__, cpus=os.cpu_count())
+        info.update(machine=platform.machine(), models=meta)
+        json.dump({"meta": info, "dense": dense, "rows": rows}, f, indent=2)
+    print(f"wrote {args.output_dir}/quality.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+    main()

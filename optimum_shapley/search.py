@@ -1,0 +1,94 @@
+"""Search the kept set directly on the surrogate, and verify the best candidates on the real model.
+
+The k lowest one-shot contributions are not the best set of k layers to remove: contributions average over many
+coalitions, while the decision is about one. Once a surrogate predicts the utility of any mask, the best kept set of
+the target size can be searched for on it (greedy elimination and swap local search from several starts), and the
+few most promising candidates evaluated for real. Verified masks join the surrogate's training data, the surrogate
+is refitted, and the loop stops when a round finds nothing better than the best verified mask so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+__all__ = ["greedy_elimination", "propose_kept_sets", "surrogate_predictor", "swap_local_search"]
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # (N, L) bool -> (N,) predicted utility
+
+
+def surrogate_predictor(surrogate: torch.nn.Module) -> Predictor:
+    def predict(masks: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return surrogate(torch.from_numpy(np.asarray(masks, dtype=np.float32))).double().numpy()
+
+    return predict
+
+
+def greedy_elimination(predict: Predictor, num_layers: int, kept_count: int) -> np.ndarray:
+    """SLEB on the surrogate: from the full model, repeatedly drop the layer whose removal keeps utility highest."""
+    mask = np.ones(num_layers, dtype=bool)
+    while mask.sum() > kept_count:
+        candidates = np.flatnonzero(mask)
+        trial = np.repeat(mask[None], len(candidates), axis=0)
+        trial[np.arange(len(candidates)), candidates] = False
+        mask = trial[int(np.argmax(predict(trial)))]
+    return mask
+
+
+def swap_local_search(predict: Predictor, start: np.ndarray, max_steps: int = 200) -> np.ndarray:
+    """Best-improvement swaps (one kept layer out, one removed layer in) until no swap improves the prediction."""
+    mask = np.asarray(start, dtype=bool).copy()
+    best = float(predict(mask[None])[0])
+    for _ in range(max_steps):
+        kept, removed = np.flatnonzero(mask), np.flatnonzero(~mask)
+        if len(kept) == 0 or len(removed) == 0:
+            break
+        pairs = np.array([(a, b) for a in kept for b in removed])
+        trial = np.repeat(mask[None], len(pairs), axis=0)
+        trial[np.arange(len(pairs)), pairs[:, 0]] = False
+        trial[np.arange(len(pairs)), pairs[:, 1]] = True
+        scores = predict(trial)
+        i = int(np.argmax(scores))
+        if scores[i] <= best + 1e-12:
+            break
+        mask, best = trial[i], float(scores[i])
+    return mask
+
+
+def propose_kept_sets(
+    predict: Predictor,
+    num_layers: int,
+    kept_count: int,
+    starts: Iterable[np.ndarray],
+    exclude: set[str],
+    count: int,
+) -> list[np.ndarray]:
+    """Up to ``count`` distinct kept sets of size ``kept_count``, best predicted first, none of them in ``exclude``:
+    local optima reached from greedy elimination and from each start, then their best single-swap neighbours."""
+    pool: dict[str, np.ndarray] = {}
+
+    def add(mask: np.ndarray) -> None:
+        pool.setdefault("".join("1" if v else "0" for v in mask), mask.copy())
+
+    seeds = [greedy_elimination(predict, num_layers, kept_count), *(np.asarray(s, dtype=bool) for s in starts)]
+    for seed in seeds:
+        if seed.sum() != kept_count:
+            continue
+        add(seed)
+        optimum = swap_local_search(predict, seed)
+        add(optimum)
+        kept, removed = np.flatnonzero(optimum), np.flatnonzero(~optimum)
+        for a in kept:  # the neighbourhood of each optimum: the runners-up the surrogate may misjudge
+            for b in removed:
+                neighbour = optimum.copy()
+                neighbour[a], neighbour[b] = False, True
+                add(neighbour)
+    keys = [k for k in pool if k not in exclude]
+    if not keys:
+        return []
+    scores = predict(np.stack([pool[k] for k in keys]))
+    order = np.argsort(-scores, kind="stable")
+    return [pool[keys[i]] for i in order[:count]]
