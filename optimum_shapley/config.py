@@ -123,12 +123,12 @@ class ShapleyPruningConfig(PushToHubMixin):
     )
     # --- surrogate-guided search of the kept set
     search_rounds: int = field(
-        default=0,
+        default=4,
         metadata=_help(
-            "Experimental, off by default (not yet shown to help: docs/benchmarks.md). Rounds of search on the "
-            "surrogate for the best kept set of the target size, each verifying the most promising candidates on "
-            "the real model and stopping when a round finds nothing better. 0 removes the layers with the lowest "
-            "contributions."
+            "Rounds of search on the surrogate for the best kept set of the target size; each verifies the "
+            "--search_candidates most promising sets on the real model, refits the surrogate, and the loop stops "
+            "when a round finds nothing better. The best verified set is removed. 0: remove the layers with the "
+            "lowest contributions instead."
         ),
     )
     search_candidates: int = field(default=8, metadata=_help("Candidates verified on the real model per round."))

@@ -89,7 +89,7 @@ def test_search_removes_the_best_verified_kept_set():
 
 
 def test_without_search_the_lowest_contributions_go():
-    options = {"config": ShapleyPruningConfig(num_layers_to_remove=2, **SHAPLEY_OPTIONS)}  # search off by default
+    options = {"config": ShapleyPruningConfig(num_layers_to_remove=2, search_rounds=0, **SHAPLEY_OPTIONS)}
     result = select_layers("shapley", _evaluator(tiny_model("llama"), _random_ids()), 2, **options)
     assert "search" not in result.details
     order = sorted(range(DEPTH), key=lambda i: (result.scores[i], i))

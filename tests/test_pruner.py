@@ -49,9 +49,9 @@ def test_result_is_consistent(pruned_run):
     assert isinstance(result, PruningResult)
     assert result.num_layers == DEPTH and result.num_removed == 2
     assert len(result.removed_layers) == 2 and sorted(result.removed_layers + result.kept_layers) == list(range(DEPTH))
-    # by default the removed layers are the two lowest contributions
-    order = np.argsort(result.values, kind="stable")
-    assert sorted(order[:2].tolist()) == result.removed_layers
+    # the removed layers are the best verified kept set of the target size (surrogate-guided search)
+    at_target = [(u, m) for m, u in zip(result.masks, result.utilities) if m.count("1") == DEPTH - 2]
+    assert result.removed_layers == [i for i, c in enumerate(max(at_target)[1]) if c == "0"]
     assert len(result.values) == len(result.stderr) == DEPTH
     assert len(result.masks) == len(result.utilities) == len(result.mean_nll)
     assert result.masks[0] == "1" * DEPTH and result.utilities[0] == 0.0  # full model anchors log-ratio utility
