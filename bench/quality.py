@@ -45,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="SmolLM2 only, remove 6, reduced budgets (< 10 min)")
     parser.add_argument("--models", default=None, help="comma-separated aliases (default: both, or SmolLM2 if --quick)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--removed", default=None, help="comma-separated layer counts to remove (default: the cells)")
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     parser.add_argument("--eval-windows", type=int, default=None, help="WikiText-2 windows (default 128; quick 32)")
     parser.add_argument("--num-samples", type=int, default=None, help="calibration blocks (default 10; quick 4)")
@@ -136,7 +137,8 @@ def main() -> None:
 
         for method in args.methods:
             cache = MaskEvaluationCache(os.path.join(cache_root, alias, method), fingerprint)
-            for removed in [CELLS[alias][0]] if args.quick else CELLS[alias]:
+            cells = [CELLS[alias][0]] if args.quick else CELLS[alias]
+            for removed in [int(r) for r in args.removed.split(",")] if args.removed else cells:
                 evaluator = MaskEvaluator(model, batches, cache=cache, show_progress=False)
                 options = {}
                 if method.startswith("shapley"):

@@ -1,0 +1,35 @@
+"""Held-out perplexity: non-overlapping windows of the joined text, token-weighted, equal to a hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny_models import tiny_model, tiny_tokenizer
+
+from optimum_shapley.perplexity import perplexity_of_windows, read_raw_lines, text_windows
+
+
+def test_windows_are_the_joined_text_cut_without_overlap(tmp_path):
+    path = tmp_path / "raw.txt"
+    path.write_text(" = Title = \n\n Some text about layers and pruning . \n More words follow here . \n")
+    lines = read_raw_lines(path)
+    assert lines[0].endswith("\n")
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer("\n\n".join(lines), add_special_tokens=False)["input_ids"]
+    windows = text_windows(tokenizer, lines, 4)
+    assert windows.shape == (len(ids) // 4, 4)
+    assert windows.reshape(-1).tolist() == ids[: windows.numel()]
+    assert text_windows(tokenizer, lines, 4, max_tokens=9).shape == (2, 4)
+    with pytest.raises(ValueError, match="fewer than one"):
+        text_windows(tokenizer, lines, 10_000)
+
+
+def test_perplexity_equals_hand_computation():
+    model = tiny_model("llama")
+    windows = torch.randint(3, 90, (5, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), windows[:, 1:].reshape(-1))
+    assert perplexity_of_windows(model, windows, batch_size=2) == pytest.approx(math.exp(nll.item()), rel=1e-5)
