@@ -19,8 +19,6 @@ from .config import ShapleyPruningConfig
 
 __all__ = ["add_prune_arguments", "build_parser", "main", "run_prune", "run_with_errors_reported"]
 
-CACHE_ONLY_FILES = {"mask_evaluations.jsonl"}
-
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one option per ``ShapleyPruningConfig`` field, the way ``HfArgumentParser`` does."""
@@ -92,7 +90,9 @@ def _check_output_folder(path: str, overwrite: bool) -> None:
         raise ValueError(f"--output {path} is a file, expected a folder")
     if not os.path.isdir(path):
         return
-    leftovers = set(os.listdir(path)) - CACHE_ONLY_FILES
+    from .evaluation import CACHE_FILE_NAME
+
+    leftovers = set(os.listdir(path)) - {CACHE_FILE_NAME}
     if leftovers and not overwrite:
         raise ValueError(
             f"output folder {path} is not empty; pass --overwrite to replace its contents "
@@ -120,6 +120,7 @@ def run_prune(args: argparse.Namespace) -> int:
     import torch
     from transformers import TrainingArguments
 
+    from .evaluation import CACHE_FILE_NAME
     from .loading import load_causal_lm
     from .pruner import ShapleyLayerPruner
     from .surrogate import ShapleySurrogate
@@ -154,7 +155,7 @@ def run_prune(args: argparse.Namespace) -> int:
             pushed = pruner.push_to_hub(args.push_to_hub, surrogate_repo_id=args.surrogate_repo, private=args.private)
     except BaseException:
         # a folder this run created and that holds no evaluations to resume from is removed again
-        if created and os.path.isdir(output) and not CACHE_ONLY_FILES & set(os.listdir(output)):
+        if created and os.path.isdir(output) and CACHE_FILE_NAME not in os.listdir(output):
             shutil.rmtree(output, ignore_errors=True)
         raise
 
