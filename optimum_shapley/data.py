@@ -280,7 +280,7 @@ def tokenize_blocks(
     rng = random.Random(seed)
     rng.shuffle(documents)
 
-    bos_id = _prepended_bos(tokenizer)
+    bos_id = prepended_bos_id(tokenizer)
     window = seq_length - (1 if bos_id is not None else 0)  # stream tokens per block
     target = max(2 * num_samples * seq_length, seq_length + 1)
     separator = _encode(tokenizer, DOCUMENT_SEPARATOR)
@@ -326,7 +326,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return [int(token) for token in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
-def _prepended_bos(tokenizer: Any) -> int | None:
+def prepended_bos_id(tokenizer: Any) -> int | None:
     """The BOS id when the tokenizer prepends it by default (as the model saw in training), else None."""
     bos_id = getattr(tokenizer, "bos_token_id", None)
     if bos_id is None:

@@ -1,5 +1,8 @@
 """Held-out perplexity with the standard protocol: tokenize ``"\\n\\n".join(lines)``, cut it into non-overlapping
-windows, weight every predicted token equally (the paper's WikiText-2 numbers use 128-token windows)."""
+windows, weight every predicted token equally (the paper's WikiText-2 numbers use 128-token windows).
+
+Models whose tokenizer prepends a BOS token (Gemma, for one) get it at the start of every window, as in training:
+without it Gemma-3-270M's WikiText-2 perplexity reads about 8 times too high."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .data import prepended_bos_id
 from .evaluation import evaluate_batches
 
 __all__ = ["perplexity_of_windows", "read_raw_lines", "text_windows"]
@@ -23,14 +27,20 @@ def read_raw_lines(path: str | os.PathLike) -> list[str]:
 
 def text_windows(tokenizer, lines: Sequence[str], window: int, max_tokens: int | None = None) -> torch.LongTensor:
     """Non-overlapping ``window``-token blocks of ``"\\n\\n".join(lines)``; with ``max_tokens``, only the blocks
-    within the first ``max_tokens`` tokens (a fixed prefix, for runs that cannot afford the whole set)."""
+    within the first ``max_tokens`` text tokens (a fixed prefix, for runs that cannot afford the whole set). When the
+    tokenizer prepends BOS, each block is BOS + ``window - 1`` text tokens."""
     ids = tokenizer("\n\n".join(lines), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
-    count = ids.numel() // window
+    bos = prepended_bos_id(tokenizer)
+    span = window - 1 if bos is not None else window
+    count = ids.numel() // span
     if count == 0:
         raise ValueError(f"the text has {ids.numel()} tokens, fewer than one {window}-token window")
-    return ids[: count * window].reshape(count, window)
+    blocks = ids[: count * span].reshape(count, span)
+    if bos is not None:
+        blocks = torch.cat([torch.full((count, 1), bos, dtype=blocks.dtype), blocks], dim=1)
+    return blocks
 
 
 def perplexity_of_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> float:

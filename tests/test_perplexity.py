@@ -33,3 +33,19 @@ def test_perplexity_equals_hand_computation():
         logits = model(input_ids=windows).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), windows[:, 1:].reshape(-1))
     assert perplexity_of_windows(model, windows, batch_size=2) == pytest.approx(math.exp(nll.item()), rel=1e-5)
+
+
+def test_bos_starts_every_window_when_the_tokenizer_prepends_it(tmp_path):
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    assert tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
+    lines = ["some text about layers and pruning\n", "more words follow here\n"] * 3
+    ids = tokenizer("\n\n".join(lines), add_special_tokens=False)["input_ids"]
+    windows = text_windows(tokenizer, lines, 5)
+    assert windows.shape == (len(ids) // 4, 5)
+    assert (windows[:, 0] == tokenizer.bos_token_id).all()
+    assert windows[:, 1:].reshape(-1).tolist() == ids[: windows.shape[0] * 4]
