@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sampling import mask_to_key
+
 __all__ = [
     "CACHE_FILE_NAME",
     "MEASURE",
@@ -216,8 +218,7 @@ def evaluate_batches(
 
 
 def _key(kept: Iterable[int], num_layers: int) -> str:
-    kept = set(kept)
-    return "".join("1" if i in kept else "0" for i in range(num_layers))
+    return mask_to_key(np.isin(np.arange(num_layers), list(kept)))
 
 
 class MaskEvaluator:

@@ -221,7 +221,7 @@ class ShapleyLayerPruner(Trainer):
             num_cached_evaluations=evaluator.num_cached,
             selection_evaluations=choice.num_model_evaluations,
             selection_seconds=choice.seconds,
-            details={k: v for k, v in details.items() if k != "estimate_seconds"},
+            details=details,
             timings=timings,
             config=config.to_dict(),
             weights_source=str(getattr(self.model, "weights_source", "") or ""),

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
+from .sampling import mask_to_key
+
 __all__ = ["greedy_elimination", "propose_kept_sets", "surrogate_predictor", "swap_local_search"]
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, L) bool -> (N,) predicted utility
@@ -71,7 +73,7 @@ def propose_kept_sets(
     pool: dict[str, np.ndarray] = {}
 
     def add(mask: np.ndarray) -> None:
-        pool.setdefault("".join("1" if v else "0" for v in mask), mask.copy())
+        pool.setdefault(mask_to_key(mask), mask.copy())
 
     seeds = [greedy_elimination(predict, num_layers, kept_count), *(np.asarray(s, dtype=bool) for s in starts)]
     for seed in seeds:

@@ -18,6 +18,8 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from .sampling import mask_to_key
+
 __all__ = ["ShapleySurrogate", "SurrogateFit", "spearman", "train_surrogate"]
 
 _ACTIVATIONS = {"celu": nn.CELU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -200,7 +202,7 @@ def train_surrogate(
     with torch.no_grad():
         predicted = surrogate(x).double().numpy()
     measured_val, predicted_val = utilities[validation_idx], predicted[validation_idx]
-    keys = mask_keys or ["".join("1" if v else "0" for v in row) for row in masks]
+    keys = mask_keys or [mask_to_key(row) for row in masks]
     fit = SurrogateFit(
         num_train=len(train_idx),
         num_validation=len(validation_idx),

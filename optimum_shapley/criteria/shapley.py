@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import ShapleyPruningConfig
 from ..evaluation import MaskEvaluator, utilities_from_nll
-from ..sampling import sample_masks
+from ..sampling import key_to_mask, sample_masks
 from ..search import propose_kept_sets, surrogate_predictor
 from ..shapley import estimate_contributions
 from ..surrogate import ShapleySurrogate, train_surrogate
@@ -84,7 +84,7 @@ class ShapleyCriterion(LayerCriterion):
             )
         estimate = self._estimate(surrogate, num_layers, config, strata)
         values = np.asarray(estimate.values, dtype=np.float64).tolist()
-        details.update(surrogate=surrogate, surrogate_fit=fit, estimate_seconds=estimate.seconds)
+        details.update(surrogate=surrogate, surrogate_fit=fit)
         return CriterionResult(
             self.name,
             removed if removed is not None else lowest(values, num_remove),
@@ -112,7 +112,7 @@ class ShapleyCriterion(LayerCriterion):
         broken = sum(not math.isfinite(v) for v in mean_nll)
         if broken:
             logger.warning("%d mask(s) gave a non-finite loss; they keep the worst utility.", broken)
-        masks = np.stack([np.array([c == "1" for c in e.mask]) for e in evaluations])
+        masks = np.stack([key_to_mask(e.mask) for e in evaluations])
         surrogate, fit = train_surrogate(
             masks,
             utilities,
@@ -150,7 +150,7 @@ class ShapleyCriterion(LayerCriterion):
             at_target = sorted(
                 (i for i, e in enumerate(evaluations) if e.mask.count("1") == target), key=lambda i: -utilities[i]
             )
-            starts = [shapley_start] + [np.array([c == "1" for c in evaluations[i].mask]) for i in at_target[:3]]
+            starts = [shapley_start] + [key_to_mask(evaluations[i].mask) for i in at_target[:3]]
             candidates = propose_kept_sets(
                 surrogate_predictor(surrogate),
                 num_layers,
