@@ -33,9 +33,16 @@ from transformers import default_data_collator  # noqa: E402
 
 from optimum_shapley import LayerMask, ShapleyPruningConfig, build_calibration_dataset, load_causal_lm  # noqa: E402
 from optimum_shapley.criteria import METHODS, select_layers  # noqa: E402
-from optimum_shapley.evaluation import MaskEvaluationCache, MaskEvaluator, model_fingerprint, run_fingerprint  # noqa: E402
+from optimum_shapley.evaluation import (  # noqa: E402
+    MaskEvaluationCache,
+    MaskEvaluator,
+    model_fingerprint,
+    perplexity_of_windows,
+    read_raw_lines,
+    run_fingerprint,
+    text_windows,
+)
 from optimum_shapley.masking import num_decoder_layers  # noqa: E402
-from optimum_shapley.perplexity import perplexity_of_windows, read_raw_lines, text_windows  # noqa: E402
 
 CELLS = {"smollm2-135m": [6, 10], "gemma3-270m": [4, 6]}
 

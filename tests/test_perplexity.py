@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
-from optimum_shapley.perplexity import perplexity_of_windows, read_raw_lines, text_windows
+from optimum_shapley.evaluation import perplexity_of_windows, read_raw_lines, text_windows
 
 
 def test_windows_are_the_joined_text_cut_without_overlap(tmp_path):

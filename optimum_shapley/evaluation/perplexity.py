@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .data import prepended_bos_id
-from .evaluation import evaluate_batches
+from ..data import prepended_bos_id
+from .masks import evaluate_batches
 
 __all__ = ["perplexity_of_windows", "read_raw_lines", "text_windows"]
 

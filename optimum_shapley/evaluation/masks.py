@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sampling import mask_to_key
+from ..sampling import mask_to_key
 
 __all__ = [
     "CACHE_FILE_NAME",
@@ -241,7 +241,7 @@ class MaskEvaluator:
         show_progress: bool = True,
         run: Callable[[list[int]], MaskEvaluation] | None = None,
     ):
-        from .masking import num_decoder_layers
+        from ..masking import num_decoder_layers
 
         self.model = model
         self.batches = batches
@@ -263,7 +263,7 @@ class MaskEvaluator:
 
     def __call__(self, keep: Iterable[int] | np.ndarray) -> MaskEvaluation:
         """Evaluation of the model keeping ``keep`` (indices, or a boolean mask over all layers)."""
-        from .masking import kept_layers_from_mask
+        from ..masking import kept_layers_from_mask
 
         kept = kept_layers_from_mask(keep, self.num_layers)
         key = _key(kept, self.num_layers)
@@ -278,7 +278,7 @@ class MaskEvaluator:
 
     def forward(self, kept: list[int]) -> MaskEvaluation:
         """One real evaluation (no cache): token-weighted NLL of the model with only ``kept`` layers."""
-        from .masking import LayerMask
+        from ..masking import LayerMask
 
         start = time.perf_counter()
         was_training = self.model.training
