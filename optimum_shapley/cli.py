@@ -13,11 +13,12 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from typing import get_type_hints
 
 from .config import ShapleyPruningConfig
 
-__all__ = ["add_prune_arguments", "build_parser", "main", "run_prune", "run_with_errors_reported"]
+__all__ = ["RUNNERS", "add_prune_arguments", "build_parser", "main", "run_prune", "run_with_errors_reported"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,15 +179,19 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
+RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {"prune": run_prune}
+"""Sub-command name -> the function that runs it (each raises on bad input; ``run_with_errors_reported`` reports)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_with_errors_reported(args)
+    return run_with_errors_reported(args, RUNNERS[args.command])
 
 
-def run_with_errors_reported(args: argparse.Namespace) -> int:
-    """Run ``prune`` and turn expected failures into one line on stderr and exit code 2 (130 on Ctrl-C)."""
+def run_with_errors_reported(args: argparse.Namespace, run: Callable[[argparse.Namespace], int] = run_prune) -> int:
+    """Run a sub-command and turn expected failures into one line on stderr and exit code 2 (130 on Ctrl-C)."""
     try:
-        return run_prune(args)
+        return run(args)
     except KeyboardInterrupt:
         print("optimum-shapley: interrupted; run the same command again to resume from the cache", file=sys.stderr)
         return 130
