@@ -75,6 +75,10 @@ def test_token_weighted_nll_ignores_padding_and_batching():
     padded = dict(full)
     padded["attention_mask"] = full["attention_mask"].clone()
     padded["attention_mask"][:, -3:] = 0
-    _, padded_tokens = evaluate_batches(model, [padded])
+    padded_total, padded_tokens = evaluate_batches(model, [padded])
     assert padded_tokens == 5 * 8
+    with torch.no_grad():  # by hand: right padding does not change the first 9 positions of a causal model
+        log_probs = torch.log_softmax(model(input_ids=ids[:, :9]).logits[:, :-1].double(), dim=-1)
+    by_hand = -log_probs.gather(-1, ids[:, 1:9, None]).sum().item()
+    assert padded_total == pytest.approx(by_hand, rel=1e-5)
     assert np.isfinite(total)
