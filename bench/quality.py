@@ -28,21 +28,10 @@ import torch  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import default_data_collator  # noqa: E402
+from common import DEFAULT_DATA_DIR, data_paths, load_bench_model  # noqa: E402
 
-from optimum_shapley import LayerMask, ShapleyPruningConfig, build_calibration_dataset, load_causal_lm  # noqa: E402
+from optimum_shapley import ShapleyPruningConfig  # noqa: E402
 from optimum_shapley.criteria import METHODS, select_layers  # noqa: E402
-from optimum_shapley.evaluation import (  # noqa: E402
-    MaskEvaluationCache,
-    MaskEvaluator,
-    model_fingerprint,
-    perplexity_of_windows,
-    read_raw_lines,
-    run_fingerprint,
-    text_windows,
-)
-from optimum_shapley.masking import num_decoder_layers  # noqa: E402
 
 CELLS = {"smollm2-135m": [6, 10], "gemma3-270m": [4, 6]}
 
@@ -53,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", default=None, help="comma-separated aliases (default: both, or SmolLM2 if --quick)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--removed", default=None, help="comma-separated layer counts to remove (default: the cells)")
-    parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--eval-windows", type=int, default=None, help="WikiText-2 windows (default 128; quick 32)")
     parser.add_argument("--num-samples", type=int, default=None, help="calibration blocks (default 10; quick 4)")
     parser.add_argument(
@@ -106,11 +95,7 @@ def plot(rows: list[dict], dense: dict[str, float], path: str) -> None:
 
 def main() -> None:
     args = parse_args()
-    wikitext = os.path.join(args.data_dir, "wikitext-2-raw", "wiki.test.raw")
-    c4 = os.path.join(args.data_dir, "calibration", "c4_demo.json")
-    for path in (wikitext, c4):
-        if not os.path.exists(path):
-            sys.exit(f"missing {path}: pass --data-dir pointing at the shared evaluation data")
+    data_paths(args.data_dir)
     os.makedirs(args.output_dir, exist_ok=True)
     cache_root = os.path.join(args.output_dir, "quality-cache")
     shutil.rmtree(cache_root, ignore_errors=True)  # every bench run measures from scratch
@@ -118,44 +103,33 @@ def main() -> None:
     rows, dense, meta = [], {}, {}
     bench_start = time.perf_counter()
     for alias in args.models:
-        model, tokenizer = load_causal_lm(alias)
-        model.eval()
-        depth = num_decoder_layers(model)
-        calibration = build_calibration_dataset(tokenizer, c4, num_samples=args.num_samples, seq_length=128, seed=0)
-        windows = text_windows(tokenizer, read_raw_lines(wikitext), 128)
-        total_windows = len(windows)
-        windows = windows[: args.eval_windows]
+        bench = load_bench_model(alias, args.data_dir, args.num_samples, args.eval_windows, args.batch_size)
         t = time.perf_counter()
-        dense[alias] = perplexity_of_windows(model, windows, args.batch_size)
+        dense[alias] = bench.wikitext_ppl()
         meta[alias] = {
-            "depth": depth,
-            "eval_windows": len(windows),
-            "eval_tokens": int(windows.numel()),
-            "wikitext_windows_total": total_windows,
+            "depth": bench.depth,
+            "eval_windows": len(bench.windows),
+            "eval_tokens": int(bench.windows.numel()),
+            "wikitext_windows_total": bench.total_windows,
             "dense_eval_seconds": time.perf_counter() - t,
         }
         print(
-            f"{alias}: {depth} layers, dense WikiText-2 ppl {dense[alias]:.2f} on {len(windows)}/{total_windows} windows"
+            f"{alias}: {bench.depth} layers, dense WikiText-2 ppl {dense[alias]:.2f} on "
+            f"{len(bench.windows)}/{bench.total_windows} windows",
+            flush=True,
         )
-        fingerprint = run_fingerprint(model_fingerprint(model), calibration.fingerprint())
-
-        def batches(dataset=calibration):
-            return DataLoader(dataset, batch_size=args.batch_size, collate_fn=default_data_collator)
-
         for method in args.methods:
-            cache = MaskEvaluationCache(os.path.join(cache_root, alias, method), fingerprint)
+            cache_dir = os.path.join(cache_root, alias, method)
             cells = [CELLS[alias][0]] if args.quick else CELLS[alias]
             for removed in [int(r) for r in args.removed.split(",")] if args.removed else cells:
-                evaluator = MaskEvaluator(model, batches, cache=cache, show_progress=False)
+                evaluator = bench.evaluator(cache_dir)
                 options = {}
                 if method.startswith("shapley"):
                     options["config"] = ShapleyPruningConfig(
                         num_layers_to_remove=removed, num_masks=args.num_masks, seed=0, num_samples=args.num_samples
                     )
                 choice = select_layers(method, evaluator, removed, seed=0, **options)
-                kept = [i for i in range(depth) if i not in choice.removed_layers]
-                with LayerMask(model, kept):
-                    ppl = perplexity_of_windows(model, windows, args.batch_size)
+                ppl = bench.wikitext_ppl(choice.removed_layers)
                 fit = choice.details.get("surrogate_fit")
                 row = {
                     "model": alias,
@@ -174,7 +148,7 @@ def main() -> None:
                     f"(run {row['run']:>4})  {row['selection_seconds']:>7.1f} s  layers {choice.removed_layers}",
                     flush=True,
                 )
-        del model
+        del bench
 
     total = time.perf_counter() - bench_start
     lines = [

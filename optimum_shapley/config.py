@@ -132,6 +132,9 @@ class ShapleyPruningConfig(PushToHubMixin):
         ),
     )
     search_candidates: int = field(default=8, metadata=_help("Candidates verified on the real model per round."))
+    search_patience: int = field(
+        default=1, metadata=_help("Search rounds in a row without a better verified set before the search stops.")
+    )
     seed: int = field(default=42, metadata=_help("Seed for calibration sampling, masks, surrogate and estimator."))
 
     def __post_init__(self) -> None:
@@ -159,6 +162,8 @@ class ShapleyPruningConfig(PushToHubMixin):
                 fail(name, f"must be at least 1, got {getattr(self, name)!r}")
         if self.search_rounds < 0:
             fail("search_rounds", f"must be 0 or more, got {self.search_rounds!r}")
+        if self.search_patience < 1:
+            fail("search_patience", f"must be at least 1, got {self.search_patience!r}")
         if self.search_candidates < 1:
             fail("search_candidates", f"must be at least 1, got {self.search_candidates!r}")
         if self.surrogate_batch_size < 1:

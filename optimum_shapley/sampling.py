@@ -46,19 +46,27 @@ def _allocate(requested: int, capacities: list[int]) -> list[int]:
     return counts
 
 
-def _sample_subsets(rng: random.Random, num_layers: int, kept: int, count: int) -> list[tuple[int, ...]]:
+def _stratum_sequence(seed: int, num_layers: int, kept: int, count: int) -> list[tuple[int, ...]]:
+    """The first ``count`` subsets of one seeded random order of all ``kept``-subsets (uniform, distinct).
+
+    The order depends only on the seed, the depth and the stratum, never on ``count``: a larger budget draws a
+    superset of a smaller one's masks, so the evaluations of a smaller run are all reused from the cache."""
+    rng = random.Random(f"optimum-shapley/{seed}/{num_layers}/{kept}")
     total = math.comb(num_layers, kept)
-    if count >= total or total <= _ENUMERATE_LIMIT:
-        return rng.sample(list(combinations(range(num_layers), kept)), min(count, total))
-    chosen: set[tuple[int, ...]] = set()
-    while len(chosen) < count:
-        chosen.add(tuple(sorted(rng.sample(range(num_layers), kept))))
-    return sorted(chosen, key=lambda s: rng.random())
+    if total <= _ENUMERATE_LIMIT:
+        subsets = list(combinations(range(num_layers), kept))
+        rng.shuffle(subsets)
+        return subsets[:count]
+    chosen: dict[tuple[int, ...], None] = {}
+    while len(chosen) < min(count, total):
+        chosen.setdefault(tuple(sorted(rng.sample(range(num_layers), kept))), None)
+    return list(chosen)
 
 
 def sample_masks(num_layers: int, strata: Sequence[int], num_masks: int, seed: int = 0) -> np.ndarray:
     """Return ``(n, num_layers)`` boolean masks: the full model first, then distinct masks spread over ``strata``.
 
+    Budgets are nested: the masks of a smaller ``num_masks`` (same seed and strata) are a subset of a larger one's.
     ``n`` is ``num_masks`` unless the strata hold fewer distinct masks (small models), in which case every mask of
     every stratum is returned and a warning is logged. Same arguments, same masks.
     """
@@ -71,7 +79,6 @@ def sample_masks(num_layers: int, strata: Sequence[int], num_masks: int, seed: i
     if num_masks < 1:
         raise ValueError(f"num_masks must be at least 1, got {num_masks}")
 
-    rng = random.Random(seed)
     capacities = [math.comb(num_layers, k) for k in strata]
     counts = _allocate(num_masks - 1, capacities)
     if sum(counts) < num_masks - 1:
@@ -82,8 +89,9 @@ def sample_masks(num_layers: int, strata: Sequence[int], num_masks: int, seed: i
             sum(counts),
             num_masks - 1,
         )
-    subsets = [s for kept, count in zip(strata, counts) for s in _sample_subsets(rng, num_layers, kept, count)]
-    rng.shuffle(subsets)  # strata interleaved: an interrupted run has already covered every stratum
+    sequences = [_stratum_sequence(seed, num_layers, kept, count) for kept, count in zip(strata, counts)]
+    # strata interleaved round-robin: an interrupted run has already covered every stratum
+    subsets = [seq[i] for i in range(max(counts, default=0)) for seq in sequences if i < len(seq)]
     masks = np.zeros((1 + len(subsets), num_layers), dtype=bool)
     masks[0] = True
     for row, subset in enumerate(subsets, start=1):

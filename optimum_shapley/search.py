@@ -16,7 +16,7 @@ import torch
 
 from .sampling import mask_to_key
 
-__all__ = ["greedy_elimination", "propose_kept_sets", "surrogate_predictor", "swap_local_search"]
+__all__ = ["greedy_elimination", "propose_kept_sets", "surrogate_predictor", "swap_local_search", "swap_neighbours"]
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, L) bool -> (N,) predicted utility
 
@@ -45,19 +45,28 @@ def swap_local_search(predict: Predictor, start: np.ndarray, max_steps: int = 20
     mask = np.asarray(start, dtype=bool).copy()
     best = float(predict(mask[None])[0])
     for _ in range(max_steps):
-        kept, removed = np.flatnonzero(mask), np.flatnonzero(~mask)
-        if len(kept) == 0 or len(removed) == 0:
+        trial = swap_neighbours(mask)
+        if len(trial) == 0:
             break
-        pairs = np.array([(a, b) for a in kept for b in removed])
-        trial = np.repeat(mask[None], len(pairs), axis=0)
-        trial[np.arange(len(pairs)), pairs[:, 0]] = False
-        trial[np.arange(len(pairs)), pairs[:, 1]] = True
         scores = predict(trial)
         i = int(np.argmax(scores))
         if scores[i] <= best + 1e-12:
             break
         mask, best = trial[i], float(scores[i])
     return mask
+
+
+def swap_neighbours(mask: np.ndarray) -> np.ndarray:
+    """Every kept set one swap away from ``mask`` (one kept layer out, one removed layer in)."""
+    mask = np.asarray(mask, dtype=bool)
+    kept, removed = np.flatnonzero(mask), np.flatnonzero(~mask)
+    if len(kept) == 0 or len(removed) == 0:
+        return np.zeros((0, len(mask)), dtype=bool)
+    pairs = np.array([(a, b) for a in kept for b in removed])
+    trial = np.repeat(mask[None], len(pairs), axis=0)
+    trial[np.arange(len(pairs)), pairs[:, 0]] = False
+    trial[np.arange(len(pairs)), pairs[:, 1]] = True
+    return trial
 
 
 def propose_kept_sets(
@@ -67,9 +76,16 @@ def propose_kept_sets(
     starts: Iterable[np.ndarray],
     exclude: set[str],
     count: int,
+    anchor: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Up to ``count`` distinct kept sets of size ``kept_count``, best predicted first, none of them in ``exclude``:
-    local optima reached from greedy elimination and from each start, then their best single-swap neighbours."""
+    """Up to ``count`` distinct kept sets of size ``kept_count``, none of them in ``exclude``.
+
+    Two sources share the slots. Exploration: local optima of the surrogate reached from greedy elimination and from
+    each start, and their single-swap neighbours (the runners-up the surrogate may misjudge), best predicted first.
+    Exploitation: with an ``anchor`` (the best set verified so far), half the slots go to its most promising
+    single-swap neighbours, so the real model also does a local search around what it has confirmed, where a
+    surrogate fitted on the whole space is least precise.
+    """
     pool: dict[str, np.ndarray] = {}
 
     def add(mask: np.ndarray) -> None:
@@ -82,15 +98,22 @@ def propose_kept_sets(
         add(seed)
         optimum = swap_local_search(predict, seed)
         add(optimum)
-        kept, removed = np.flatnonzero(optimum), np.flatnonzero(~optimum)
-        for a in kept:  # the neighbourhood of each optimum: the runners-up the surrogate may misjudge
-            for b in removed:
-                neighbour = optimum.copy()
-                neighbour[a], neighbour[b] = False, True
-                add(neighbour)
-    keys = [k for k in pool if k not in exclude]
-    if not keys:
-        return []
-    scores = predict(np.stack([pool[k] for k in keys]))
-    order = np.argsort(-scores, kind="stable")
-    return [pool[keys[i]] for i in order[:count]]
+        for neighbour in swap_neighbours(optimum):
+            add(neighbour)
+
+    chosen: dict[str, np.ndarray] = {}
+
+    def take(candidates: dict[str, np.ndarray], limit: int) -> None:
+        keys = [k for k in candidates if k not in exclude and k not in chosen]
+        if not keys or limit <= 0:
+            return
+        scores = predict(np.stack([candidates[k] for k in keys]))
+        for i in np.argsort(-scores, kind="stable")[:limit]:
+            chosen[keys[i]] = candidates[keys[i]]
+
+    if anchor is not None and np.asarray(anchor).sum() == kept_count:
+        take({mask_to_key(m): m for m in swap_neighbours(anchor)}, count // 2)
+    take(pool, count - len(chosen))
+    if len(chosen) < count and anchor is not None:  # exploration ran dry: fill from the anchor's neighbourhood
+        take({mask_to_key(m): m for m in swap_neighbours(anchor)}, count - len(chosen))
+    return list(chosen.values())

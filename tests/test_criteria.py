@@ -75,7 +75,10 @@ def test_shapley_cost_is_its_masks_plus_verified_candidates():
     )
     verified = sum(r["verified"] for r in result.details["search"])
     assert result.num_model_evaluations == len(result.details["masks"]) == 30 + verified
-    assert 0 < verified <= 4 * 8
+    assert result.details["search"][0]["phase"] == "screened elimination"
+    assert 0 < verified <= (8 + 7) + 4 * 8  # elimination: all 8 single removals, then at most 7; then <= 4 rounds
+    single_removals = {"1" * i + "0" + "1" * (7 - i) for i in range(8)}
+    assert single_removals <= set(result.details["masks"])  # the first step evaluates every single removal
 
 
 def test_search_removes_the_best_verified_kept_set():

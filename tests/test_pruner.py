@@ -60,8 +60,10 @@ def test_result_is_consistent(pruned_run):
     assert fit["num_train"] >= 0.8 * len(result.masks) and fit["num_validation"] >= 2
     assert {"validation_r2", "validation_spearman", "train_r2"} <= fit.keys()
     assert result.calibration_ppl_before > 1 and result.calibration_ppl_after > 1
-    # masks + the pruned model for the after-perplexity (the full model is already among the masks)
-    assert result.num_model_evaluations + result.num_cached_evaluations == len(result.masks) + 2
+    # the before/after calibration perplexities are the full model and the chosen kept set: both already evaluated
+    # masks, so they cost nothing more and count once
+    assert result.num_model_evaluations + result.num_cached_evaluations == len(result.masks)
+    assert "".join("0" if i in result.removed_layers else "1" for i in range(DEPTH)) in result.masks
     assert pruner.model.config.num_hidden_layers == DEPTH - 2
     assert pruner.model.config.layer_pruning["removed_layers"] == result.removed_layers
 
@@ -105,7 +107,7 @@ def test_second_run_reuses_cache(pruned_run):
     _, result, tmp_path, _ = pruned_run
     again = _pruner(tmp_path).prune()
     assert again.num_model_evaluations == 0
-    assert again.num_cached_evaluations == len(result.masks) + 2
+    assert again.num_cached_evaluations == len(result.masks)  # each distinct mask once
     assert again.removed_layers == result.removed_layers
     assert again.values == pytest.approx(result.values)
 

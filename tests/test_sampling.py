@@ -52,3 +52,11 @@ def test_keys_round_trip():
 def test_bad_strata(strata, message):
     with pytest.raises(ValueError, match=message):
         sample_masks(30, strata, 10)
+
+
+def test_budgets_are_nested_so_a_larger_run_reuses_a_smaller_one():
+    small = {mask_to_key(m) for m in sample_masks(30, [18, 21, 24, 27, 29], 64, seed=3)}
+    large = {mask_to_key(m) for m in sample_masks(30, [18, 21, 24, 27, 29], 256, seed=3)}
+    assert small < large
+    tiny = {mask_to_key(m) for m in sample_masks(8, [4, 6], 20, seed=3)}  # enumerated strata too
+    assert tiny < {mask_to_key(m) for m in sample_masks(8, [4, 6], 60, seed=3)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimum_shapley.search import greedy_elimination, propose_kept_sets, swap_local_search
+from optimum_shapley.search import greedy_elimination, propose_kept_sets, swap_local_search, swap_neighbours
 
 WEIGHTS = np.array([0.9, 0.1, 0.5, 0.05, 0.7, 0.3, 0.2, 0.8])
 OPTIMUM = np.argsort(WEIGHTS)[3:]  # keep the 5 heaviest
@@ -36,3 +36,21 @@ def test_proposals_are_distinct_of_the_target_size_best_first_and_exclude_known_
     scores = interacting(np.stack(proposals))
     assert list(scores) == sorted(scores, reverse=True)
     assert proposals[0][1] and proposals[0][3]  # the interacting pair is kept in the best proposal
+
+
+def test_anchor_neighbours_take_half_the_slots_and_all_are_one_swap_away():
+    anchor = np.zeros(8, dtype=bool)
+    anchor[[0, 2, 4, 6, 7]] = True
+    proposals = propose_kept_sets(additive, 8, 5, [], exclude=set(), count=6, anchor=anchor)
+    assert len(proposals) == 6
+    near = [p for p in proposals if (p != anchor).sum() == 2]
+    assert len(near) >= 3  # half of the slots go to the anchor's single-swap neighbours
+    assert all(p.sum() == 5 for p in proposals)
+
+
+def test_swap_neighbours_of_a_mask():
+    mask = np.array([True, True, False, True, False])
+    neighbours = swap_neighbours(mask)
+    assert neighbours.shape == (3 * 2, 5)
+    assert all(n.sum() == 3 and (n != mask).sum() == 2 for n in neighbours)
+    assert len({n.tobytes() for n in neighbours}) == 6

@@ -48,12 +48,13 @@ class LayerCriterion(ABC):
         if not 1 <= num_remove < num_layers:
             raise ValueError(f"{self.name}: cannot remove {num_remove} of {num_layers} layers")
         start = time.perf_counter()
-        requested_before = evaluator.num_requested
+        requests_before = len(evaluator.requests)
         result = self._select(evaluator, num_remove, seed=seed, **options)
         result.removed_layers = sorted(int(i) for i in result.removed_layers)
         if len(result.removed_layers) != num_remove or len(set(result.removed_layers)) != num_remove:
             raise RuntimeError(f"{self.name} selected {result.removed_layers}, expected {num_remove} distinct layers")
-        result.num_model_evaluations += evaluator.num_requested - requested_before
+        # distinct masks: one asked for twice (e.g. a search step reaching a sampled mask) is one evaluation
+        result.num_model_evaluations += len(set(evaluator.requests[requests_before:]))
         result.seconds = time.perf_counter() - start
         return result
 

@@ -231,7 +231,9 @@ class MaskEvaluator:
     ``batches`` is a zero-argument callable returning a fresh iterable of batches (the pruner passes the Trainer's
     eval dataloader), ``prepare`` moves a batch to the model's device. Every criterion that needs real-model
     evaluations goes through this one object, so all of them share the cache and are counted the same way:
-    ``num_requested`` masks asked for, of which ``num_run`` were evaluated and ``num_cached`` read back.
+    ``num_requested`` distinct masks asked for, of which ``num_run`` were evaluated and ``num_cached`` read back
+    from an earlier run's cache (a mask asked for again in the same run counts once); ``requests`` lists every key
+    asked for, in order (a criterion's cost is its distinct keys).
     """
 
     def __init__(
@@ -256,6 +258,8 @@ class MaskEvaluator:
         self.show_progress = show_progress
         self.num_run = 0
         self.num_cached = 0
+        self.requests: list[str] = []
+        self._seen: set[str] = set()
 
     @property
     def num_requested(self) -> int:
@@ -271,8 +275,11 @@ class MaskEvaluator:
 
         kept = kept_layers_from_mask(keep, self.num_layers)
         key = _key(kept, self.num_layers)
+        repeated = key in self._seen
+        self.requests.append(key)
+        self._seen.add(key)
         if self.cache is not None and key in self.cache:
-            self.num_cached += 1
+            self.num_cached += 0 if repeated else 1
             return self.cache.get(key)
         evaluation = self.run(kept)
         if self.cache is not None:

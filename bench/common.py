@@ -1,0 +1,102 @@
+"""What the quality and efficiency benches share: one protocol for every method and every budget.
+
+Calibration: ``num_samples`` x 128 tokens of ``calibration/c4_demo.json`` (seed 0), the same blocks for every method.
+Evaluation: WikiText-2 raw test, ``"\\n\\n".join`` of the lines, non-overlapping 128-token windows (BOS first where
+the tokenizer adds one), token-weighted, on a fixed prefix of ``eval_windows`` windows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from transformers import default_data_collator  # noqa: E402
+
+from optimum_shapley import LayerMask, build_calibration_dataset, load_causal_lm  # noqa: E402
+from optimum_shapley.data import CalibrationDataset  # noqa: E402
+from optimum_shapley.evaluation import (  # noqa: E402
+    MaskEvaluationCache,
+    MaskEvaluator,
+    model_fingerprint,
+    perplexity_of_windows,
+    read_raw_lines,
+    run_fingerprint,
+    text_windows,
+)
+from optimum_shapley.masking import num_decoder_layers  # noqa: E402
+
+DEFAULT_DATA_DIR = os.path.join(ROOT, "..", "shared", "data")
+
+
+@dataclass
+class BenchModel:
+    """A loaded model with its calibration blocks, evaluation windows and the cache fingerprint of the pair."""
+
+    alias: str
+    model: torch.nn.Module
+    tokenizer: object
+    depth: int
+    calibration: CalibrationDataset
+    windows: torch.Tensor
+    total_windows: int
+    fingerprint: str
+    batch_size: int = 8
+    info: dict = field(default_factory=dict)
+
+    def evaluator(self, cache_dir: str) -> MaskEvaluator:
+        """A mask evaluator on the calibration blocks whose results persist in ``cache_dir``."""
+
+        def batches():
+            return DataLoader(self.calibration, batch_size=self.batch_size, collate_fn=default_data_collator)
+
+        cache = MaskEvaluationCache(cache_dir, self.fingerprint)
+        return MaskEvaluator(self.model, batches, cache=cache, show_progress=False)
+
+    def wikitext_ppl(self, removed: list[int] | None = None) -> float:
+        """WikiText-2 perplexity of the model without ``removed`` layers (the dense model when None)."""
+        if not removed:
+            return perplexity_of_windows(self.model, self.windows, self.batch_size)
+        kept = [i for i in range(self.depth) if i not in set(removed)]
+        with LayerMask(self.model, kept):
+            return perplexity_of_windows(self.model, self.windows, self.batch_size)
+
+
+def data_paths(data_dir: str) -> tuple[str, str]:
+    """(WikiText-2 raw test, C4 calibration sample); exits with a clear message when the data is absent."""
+    wikitext = os.path.join(data_dir, "wikitext-2-raw", "wiki.test.raw")
+    c4 = os.path.join(data_dir, "calibration", "c4_demo.json")
+    for path in (wikitext, c4):
+        if not os.path.exists(path):
+            sys.exit(f"missing {path}: pass --data-dir pointing at the shared evaluation data")
+    return wikitext, c4
+
+
+def load_bench_model(alias: str, data_dir: str, num_samples: int, eval_windows: int, batch_size: int = 8) -> BenchModel:
+    wikitext, c4 = data_paths(data_dir)
+    start = time.perf_counter()
+    model, tokenizer = load_causal_lm(alias)
+    model.eval()
+    calibration = build_calibration_dataset(tokenizer, c4, num_samples=num_samples, seq_length=128, seed=0)
+    windows = text_windows(tokenizer, read_raw_lines(wikitext), 128)
+    fingerprint = run_fingerprint(model_fingerprint(model), calibration.fingerprint())
+    return BenchModel(
+        alias=alias,
+        model=model,
+        tokenizer=tokenizer,
+        depth=num_decoder_layers(model),
+        calibration=calibration,
+        windows=windows[:eval_windows],
+        total_windows=len(windows),
+        fingerprint=fingerprint,
+        batch_size=batch_size,
+        info={"load_seconds": time.perf_counter() - start},
+    )
