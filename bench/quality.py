@@ -5,7 +5,8 @@
 
 Calibration: 10 x 128 tokens of ../shared/data/calibration/c4_demo.json (seed 0), the same blocks for every method.
 Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted; a
-fixed prefix of --eval-windows windows (the whole set is ~2,400 windows, ~10 min per evaluation here).
+fixed prefix of --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3; the whole set is ~2,400 windows,
+~10 min per SmolLM2 evaluation here).
 Each (model, method) has its own evaluation cache shared by that method's cells: "evaluations" is what the method
 needs (its real cost, cache or not); "run" is what this bench actually executed.
 Writes bench/results/quality.json, bench/results/quality.md and bench/results/quality.png.
@@ -34,6 +35,8 @@ from optimum_shapley import ShapleyPruningConfig  # noqa: E402
 from optimum_shapley.criteria import METHODS, select_layers  # noqa: E402
 
 CELLS = {"smollm2-135m": [6, 10], "gemma3-270m": [4, 6]}
+EVAL_WINDOWS = {"smollm2-135m": 128, "gemma3-270m": 64}
+"""WikiText-2 windows per model: a Gemma-3 window costs about 4x a SmolLM2 one (262k-token vocabulary head)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +46,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--removed", default=None, help="comma-separated layer counts to remove (default: the cells)")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    parser.add_argument("--eval-windows", type=int, default=None, help="WikiText-2 windows (default 128; quick 32)")
+    parser.add_argument(
+        "--eval-windows",
+        type=int,
+        default=None,
+        help="WikiText-2 windows (default per model: SmolLM2 128, Gemma-3 64; quick 32)",
+    )
     parser.add_argument("--num-samples", type=int, default=None, help="calibration blocks (default 10; quick 4)")
     parser.add_argument(
         "--num-masks",
@@ -56,7 +64,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.models = args.models.split(",") if args.models else (["smollm2-135m"] if args.quick else list(CELLS))
     args.methods = args.methods.split(",")
-    args.eval_windows = args.eval_windows or (32 if args.quick else 128)
+    if args.quick and args.eval_windows is None:
+        args.eval_windows = 32
     args.num_samples = args.num_samples or (4 if args.quick else 10)
     args.num_masks = args.num_masks or (64 if args.quick else ShapleyPruningConfig(num_layers_to_remove=1).num_masks)
     return args
@@ -103,7 +112,8 @@ def main() -> None:
     rows, dense, meta = [], {}, {}
     bench_start = time.perf_counter()
     for alias in args.models:
-        bench = load_bench_model(alias, args.data_dir, args.num_samples, args.eval_windows, args.batch_size)
+        eval_windows = args.eval_windows or EVAL_WINDOWS.get(alias, 128)
+        bench = load_bench_model(alias, args.data_dir, args.num_samples, eval_windows, args.batch_size)
         t = time.perf_counter()
         dense[alias] = bench.wikitext_ppl()
         meta[alias] = {
@@ -166,7 +176,9 @@ def main() -> None:
             )
     table = "\n".join(lines)
     note = (
-        f"WikiText-2 perplexity on the first {args.eval_windows} non-overlapping 128-token windows of the raw test set; "
+        "WikiText-2 perplexity on the first "
+        + ", ".join(f"{meta[a]['eval_windows']} ({a})" for a in args.models)
+        + " non-overlapping 128-token windows of the raw test set; "
         f"calibration {args.num_samples} x 128 tokens of c4_demo.json (seed 0); shapley mask budget {args.num_masks}; "
         f"{'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
     )
