@@ -18,7 +18,16 @@ from typing import get_type_hints
 
 from .config import ShapleyPruningConfig
 
-__all__ = ["RUNNERS", "add_prune_arguments", "build_parser", "main", "run_prune", "run_with_errors_reported"]
+__all__ = [
+    "RUNNERS",
+    "add_prune_arguments",
+    "add_recover_arguments",
+    "build_parser",
+    "main",
+    "run_prune",
+    "run_recover",
+    "run_with_errors_reported",
+]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +72,56 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true", help="Create the Hub repositories as private.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("--debug", action="store_true", help="Show full tracebacks on errors.")
+    recovery = parser.add_argument_group("recovery: LoRA fine-tuning after pruning (off unless --recover-dataset)")
+    recovery.add_argument(
+        "--recover-dataset",
+        metavar="DATA",
+        default=None,
+        help="Heal the pruned model with LoRA on this text: Hub dataset id, .txt/.json/.jsonl/.parquet, or 'embedded'.",
+    )
+    recovery.add_argument("--recover-dataset-config", default=None, help="Hub dataset config of --recover-dataset.")
+    recovery.add_argument("--recover-text-column", default=None, help="Column of --recover-dataset (default: text).")
+    recovery.add_argument("--recover-steps", type=int, default=None, help="Training steps (default 200).")
+    recovery.add_argument("--recover-lr", type=float, default=None, help="Learning rate (default 1e-4, as the paper).")
+    recovery.add_argument("--recover-batch-size", type=int, default=None, help="Blocks per step (default 8).")
+    recovery.add_argument("--recover-seq-length", type=int, default=None, help="Tokens per block (default 128).")
+    recovery.add_argument(
+        "--recover-keep-adapter",
+        action="store_true",
+        help="Save the LoRA adapter in adapter/ beside the pruned weights instead of merging it.",
+    )
     add_config_arguments(parser)
+
+
+def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
+    """All options of ``recover`` (shared by ``optimum-shapley recover`` and ``optimum-cli shapley recover``)."""
+    parser.add_argument(
+        "model", help="A pruned run folder (its card and results are updated), or any model optimum-shapley loads."
+    )
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="Training text: Hub dataset id, local .txt/.json/.jsonl/.parquet file, or 'embedded'.",
+    )
+    parser.add_argument("--output", "-o", required=True, help="Folder for the recovered model.")
+    parser.add_argument("--steps", type=int, default=200, help="Training steps.")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Learning rate (the paper's).")
+    parser.add_argument("--batch-size", type=int, default=8, help="Blocks per training step.")
+    parser.add_argument("--seq-length", type=int, default=128, help="Tokens per training block.")
+    parser.add_argument(
+        "--keep-adapter", action="store_true", help="Save the LoRA adapter in adapter/ instead of merging it."
+    )
+    parser.add_argument("--dataset-config", default=None, help="Hub dataset config name.")
+    parser.add_argument("--dataset-split", default="train", help="Hub dataset split.")
+    parser.add_argument("--text-column", default="text", help="Column holding the text (json, jsonl, parquet, Hub).")
+    parser.add_argument("--seed", type=int, default=0, help="Seeds the LoRA initialisation and the data.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace the contents of an existing --output.")
+    parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (a folder or Hub repo).")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"], help="Weights dtype."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument("--debug", action="store_true", help="Show full tracebacks on errors.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_prune_arguments(prune)
+    recover = subparsers.add_parser(
+        "recover",
+        help="Heal a (pruned) model with a short LoRA fine-tune and save it merged or with its adapter.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_recover_arguments(recover)
     return parser
 
 
@@ -110,6 +174,75 @@ def _print_summary(rows: list[tuple[str, str]]) -> None:
         print(f"{label:<{width}}  {value}")
 
 
+def _recovery_kwargs(
+    *,
+    flag: str,
+    dataset: str,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seq_length: int,
+    keep_adapter: bool,
+    dataset_config: str | None,
+    text_column: str,
+    split: str,
+    seed: int,
+    show_progress: bool,
+) -> dict:
+    """Validate recovery options (``flag`` is the option prefix, for messages) and return ``recover()`` keywords."""
+    from .recovery import check_recovery_source
+
+    for name, value, minimum in (("steps", steps, 1), ("batch-size", batch_size, 1), ("seq-length", seq_length, 2)):
+        if value < minimum:
+            raise ValueError(f"{flag}{name} must be at least {minimum}, got {value}")
+    if not lr > 0:
+        raise ValueError(f"{flag}lr must be positive, got {lr}")
+    check_recovery_source(dataset)
+    return {
+        "dataset": dataset,
+        "merge": not keep_adapter,
+        "max_steps": steps,
+        "learning_rate": lr,
+        "batch_size": batch_size,
+        "seq_length": seq_length,
+        "dataset_config_name": dataset_config,
+        "text_column": text_column,
+        "split": split,
+        "seed": seed,
+        "show_progress": show_progress,
+    }
+
+
+def _prune_recovery_kwargs(args: argparse.Namespace, seed: int) -> dict | None:
+    """``recover()`` keywords from ``prune``'s ``--recover-*`` options, or None when no recovery was asked for."""
+    options = ("dataset_config", "text_column", "steps", "lr", "batch_size", "seq_length")
+    if args.recover_dataset is None:
+        given = [name for name in options if getattr(args, f"recover_{name}") is not None]
+        given += ["keep_adapter"] if args.recover_keep_adapter else []
+        if given:
+            raise ValueError(f"--recover-{given[0].replace('_', '-')} needs --recover-dataset")
+        return None
+
+    def value(name: str, default):
+        given = getattr(args, f"recover_{name}")
+        return default if given is None else given
+
+    return _recovery_kwargs(
+        flag="--recover-",
+        dataset=args.recover_dataset,
+        steps=value("steps", 200),
+        lr=value("lr", 1e-4),
+        batch_size=value("batch_size", 8),
+        seq_length=value("seq_length", 128),
+        keep_adapter=args.recover_keep_adapter,
+        dataset_config=args.recover_dataset_config,
+        text_column=value("text_column", "text"),
+        split="train",
+        seed=seed,
+        show_progress=not args.no_progress,
+    )
+
+
 def run_prune(args: argparse.Namespace) -> int:
     """Run ``prune`` from parsed arguments; raises on bad input (``main`` turns that into one line)."""
     config = _config_from_args(args)  # invalid settings fail here, before anything is loaded or written
@@ -117,6 +250,7 @@ def run_prune(args: argparse.Namespace) -> int:
     _check_output_folder(output, args.overwrite)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    recovery = _prune_recovery_kwargs(args, config.seed)
 
     import torch
     from transformers import TrainingArguments
@@ -150,6 +284,9 @@ def run_prune(args: argparse.Namespace) -> int:
             surrogate=surrogate,
         )
         result = pruner.prune(evaluate_calibration=True)
+        if recovery is not None:
+            print(f"Recovering with LoRA on {recovery['dataset']} ...", file=sys.stderr)
+            pruner.recover(**recovery)
         pruner.save_pretrained(output)
         pushed = None
         if args.push_to_hub:
@@ -174,12 +311,99 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_recover(args: argparse.Namespace) -> int:
+    """Run ``recover``: LoRA-heal a model, save it merged (or base + ``adapter/``); a pruned run folder keeps its
+    results, plots and surrogate, and its card gains a *Recovery* section."""
+    kwargs = _recovery_kwargs(
+        flag="--",
+        dataset=args.dataset,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seq_length=args.seq_length,
+        keep_adapter=args.keep_adapter,
+        dataset_config=args.dataset_config,
+        text_column=args.text_column,
+        split=args.dataset_split,
+        seed=args.seed,
+        show_progress=not args.no_progress,
+    )
+    from .recovery import ADAPTER_DIR
+
+    if os.path.isfile(os.path.join(args.model, ADAPTER_DIR, "adapter_config.json")):
+        raise ValueError(
+            f"{args.model} keeps a LoRA adapter in {ADAPTER_DIR}/: load it with PEFT and merge it first (see its card)"
+        )
+    output = os.path.abspath(args.output)
+    _check_output_folder(output, args.overwrite)
+
+    import json
+
+    import torch
+
+    from .hub import staged_folder, write_run_folder
+    from .loading import load_causal_lm
+    from .pruner import SURROGATE_DIR
+    from .recovery import recover, save_model_and_adapter
+    from .result import RESULTS_NAME, PruningResult
+
+    start = time.perf_counter()
+    run_folder = os.path.isfile(os.path.join(args.model, RESULTS_NAME))
+    if run_folder:  # read everything first: a broken run folder fails before any training
+        from .surrogate import ShapleySurrogate
+
+        result = PruningResult.from_json_file(os.path.join(args.model, RESULTS_NAME))
+        pruning_config = ShapleyPruningConfig.from_pretrained(args.model)
+        surrogate_path = os.path.join(args.model, SURROGATE_DIR)
+        surrogate = ShapleySurrogate.from_pretrained(surrogate_path) if os.path.isdir(surrogate_path) else None
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    print(f"Loading {args.model} ...", file=sys.stderr)
+    model, tokenizer = load_causal_lm(args.model, gguf_file=args.gguf_file, dtype=dtype)
+    dataset = kwargs.pop("dataset")
+    recovery = recover(model, tokenizer, dataset, **kwargs)
+
+    with staged_folder(output) as staging:
+        if run_folder:
+            record = recovery.to_dict()
+            if result.recovery:
+                record["previous"] = result.recovery
+            result.recovery = record
+            write_run_folder(
+                staging,
+                model=recovery.model,
+                tokenizer=tokenizer,
+                pruning_config=pruning_config,
+                result=result,
+                surrogate=surrogate,
+                surrogate_dir=SURROGATE_DIR,
+                adapter_base_model=output,
+            )
+        else:
+            if recovery.merged:
+                recovery.model.save_pretrained(staging)
+            else:
+                save_model_and_adapter(recovery.model, staging, output)
+            tokenizer.save_pretrained(staging)
+            with open(os.path.join(staging, "recovery.json"), "w", encoding="utf-8") as f:
+                json.dump(recovery.to_dict(), f, indent=2)
+                f.write("\n")
+
+    rows = [("model", args.model), *recovery.summary_rows()]
+    rows += [
+        ("wall time", f"{time.perf_counter() - start:.1f} s (including loading)"),
+        ("output", output + ("" if recovery.merged else f" (base weights) + {ADAPTER_DIR}/")),
+        ("record", os.path.join(output, RESULTS_NAME if run_folder else "recovery.json")),
+    ]
+    _print_summary(rows)
+    return 0
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
-RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {"prune": run_prune}
+RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {"prune": run_prune, "recover": run_recover}
 """Sub-command name -> the function that runs it (each raises on bad input; ``run_with_errors_reported`` reports)."""
 
 

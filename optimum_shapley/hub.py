@@ -7,6 +7,10 @@ with ``HfApi.create_repo`` + ``HfApi.upload_folder``; the surrogate goes to a re
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -19,6 +23,7 @@ __all__ = [
     "plot_contributions",
     "plot_surrogate_fit",
     "push_run_folder",
+    "staged_folder",
     "write_run_folder",
 ]
 
@@ -131,6 +136,69 @@ def _how_chosen(result: PruningResult, surrogate_repo_id: str | None) -> str:
     )
 
 
+def _weights_note(recovery: dict[str, Any]) -> str:
+    """What happened to the kept layers' weights, stated plainly (the card must not claim "unchanged" after LoRA)."""
+    if not recovery:
+        return (
+            "No weights were changed: the kept layers are the original ones, and the model has not been fine-tuned\n"
+            "after pruning."
+        )
+    if recovery.get("merged"):
+        return (
+            "After pruning, the model was fine-tuned with LoRA and the adapter was merged into the weights: the\n"
+            "weights here are the recovered model (see *Recovery*)."
+        )
+    return (
+        "The weights here are the kept layers unchanged; a LoRA adapter trained after pruning is kept in `adapter/`\n"
+        "and must be loaded on top of them with PEFT (see *Recovery*)."
+    )
+
+
+def _recovery_section(recovery: dict[str, Any]) -> str:
+    """The card's account of LoRA recovery: data, steps, tokens, LoRA settings, losses, merged or adapter."""
+    if not recovery:
+        return ""
+    from .recovery import ADAPTER_DIR
+
+    lora = recovery.get("lora", {})
+    targets = lora.get("target_modules")
+    targets = ", ".join(f"`{t}`" for t in targets) if isinstance(targets, list) else f"`{targets}`"
+    if recovery.get("merged"):
+        how = (
+            "The adapter was merged into the weights (`merge_and_unload`), so the model loads with plain "
+            "`transformers` as shown above and needs no PEFT."
+        )
+    else:
+        how = f"""The adapter was kept: `model.safetensors` holds the pruned model before recovery and
+`{ADAPTER_DIR}/` the LoRA adapter. Load both with PEFT:
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+base = AutoModelForCausalLM.from_pretrained("<this repository>")
+model = PeftModel.from_pretrained(base, "<this repository>", subfolder="{ADAPTER_DIR}")
+model = model.merge_and_unload()   # optional: fold the adapter into the weights
+```"""
+    previous = recovery.get("previous")
+    earlier = (
+        f" An earlier recovery ({previous.get('steps')} steps on `{previous.get('dataset')}`) had already been merged."
+        if isinstance(previous, dict)
+        else ""
+    )
+    return f"""## Recovery (LoRA fine-tuning after pruning)
+
+After pruning, a LoRA adapter was trained with PEFT and the `transformers` Trainer for {recovery["steps"]} steps
+({recovery["tokens"]:,} tokens: batch {recovery["batch_size"]} of {recovery["seq_length"]}-token blocks drawn from
+`{recovery["dataset"]}`, learning rate {recovery["learning_rate"]:g}, {recovery["seconds"]:.0f} s): r = {lora.get("r")},
+alpha = {lora.get("lora_alpha")}, dropout = {lora.get("lora_dropout")}, on {targets}
+({recovery["trainable_parameters"]:,} trainable parameters). The training loss went from
+{recovery["train_loss_first"]:.3f} to {recovery["train_loss_last"]:.3f} (mean over the first and the last
+{recovery["logging_steps"]} steps).{earlier} {how}
+
+"""
+
+
 def build_model_card(
     result: PruningResult,
     *,
@@ -143,7 +211,8 @@ def build_model_card(
         base_model=result.base_model if _is_hub_id(result.base_model) else None,
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["optimum-shapley", "layer-pruning", "pruning", f"method-{result.method}"],
+        tags=["optimum-shapley", "layer-pruning", "pruning", f"method-{result.method}"]
+        + (["lora-recovery"] if result.recovery else []),
     )
     summary = "\n".join(f"| {label} | {value} |" for label, value in result.summary_rows())
     scores = ""
@@ -163,11 +232,13 @@ def build_model_card(
     if result.calibration_ppl_before is not None:
         ppl_note = (
             f"Calibration perplexity went from {result.calibration_ppl_before:.2f} to "
-            f"{result.calibration_ppl_after:.2f}. It is measured on the calibration text that chose the layers, "
+            f"{result.calibration_ppl_after:.2f}{' (before recovery)' if result.recovery else ''}. It is measured "
+            "on the calibration text that chose the layers, "
             "so it is not a held-out evaluation: measure perplexity and zero-shot accuracy on your own held-out "
             "data before relying on this model."
         )
     source_note = f" The base weights were {result.weights_source}." if result.weights_source else ""
+    weights_note = _weights_note(result.recovery)
     content = f"""---
 {data.to_yaml()}
 ---
@@ -185,8 +256,7 @@ model = AutoModelForCausalLM.from_pretrained("<this repository>")
 tokenizer = AutoTokenizer.from_pretrained("<this repository>")
 ```
 
-`config.json` records the original depth and the removed layers under `layer_pruning`. No weights were changed:
-the kept layers are the original ones, and the model has not been fine-tuned after pruning.{source_note}
+`config.json` records the original depth and the removed layers under `layer_pruning`. {weights_note}{source_note}
 
 ## Summary
 
@@ -202,7 +272,7 @@ Removed layers (original indices): **{", ".join(map(str, result.removed_layers))
 
 {ppl_note}
 
-{scores}{figures}
+{_recovery_section(result.recovery)}{scores}{figures}
 ## Citation
 
 ```bibtex
@@ -210,6 +280,34 @@ Removed layers (original indices): **{", ".join(map(str, result.removed_layers))
 ```
 """
     return ModelCard(content)
+
+
+@contextmanager
+def staged_folder(output_dir: str | os.PathLike) -> Iterator[str]:
+    """Yield an empty temporary folder beside ``output_dir``; when the block succeeds, its entries replace those of
+    the same name in ``output_dir`` (other files stay). A failure leaves ``output_dir`` as it was: never half-written.
+    A new ``output_dir`` appears in one rename, complete or not at all, even if the process is killed.
+    """
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".shapley-staging-", dir=parent)
+    try:
+        yield staging
+        if not os.path.exists(output_dir):
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output's mode
+            os.rename(staging, output_dir)
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        for name in os.listdir(staging):
+            target = os.path.join(output_dir, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, name), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_run_folder(
@@ -222,9 +320,18 @@ def write_run_folder(
     surrogate: Any,
     surrogate_dir: str,
     surrogate_repo_id: str | None = None,
+    adapter_base_model: str | None = None,
 ) -> dict[str, str]:
-    """Write everything a run produces into ``folder`` and return the paths of the main artefacts."""
-    model.save_pretrained(folder)
+    """Write everything a run produces into ``folder`` and return the paths of the main artefacts.
+
+    A model holding a kept LoRA adapter (``PeftModel``) is written as its base weights plus ``adapter/``, whose
+    config names ``adapter_base_model`` (the final folder or Hub repository) as the base to load it on."""
+    from .recovery import is_adapter_model, save_model_and_adapter
+
+    if is_adapter_model(model):
+        save_model_and_adapter(model, folder, adapter_base_model)
+    else:
+        model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     pruning_config.save_pretrained(folder)

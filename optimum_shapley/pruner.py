@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 from typing import Any
@@ -228,28 +227,46 @@ class ShapleyLayerPruner(Trainer):
         )
         return self.result
 
+    def recover(self, dataset: Any, lora_config: Any = None, training_args: Any = None, **kwargs: Any) -> Any:
+        """Heal the pruned model with LoRA (see :func:`optimum_shapley.recovery.recover`; same arguments, e.g.
+        ``merge=False`` to keep the adapter, ``max_steps=``). The result is recorded in ``self.result.recovery``,
+        and ``save_pretrained``/``push_to_hub`` then write the recovered model (merged, or base + ``adapter/``)."""
+        from .recovery import recover
+
+        if self.result is None:
+            raise RuntimeError("call prune() before recover()")
+        if self.result.recovery:
+            raise RuntimeError("recover() already ran on this model; save it and run recovery on the saved model")
+        recovery = recover(self.model, self.processing_class, dataset, lora_config, training_args, **kwargs)
+        self.model = self.model_wrapped = recovery.model
+        self.result.recovery = recovery.to_dict()
+        return recovery
+
     def _base_model_name(self) -> str:
         return str(getattr(self.model, "name_or_path", "") or getattr(self.model.config, "_name_or_path", ""))
 
     # ------------------------------------------------------------------------------------------------------------
     # outputs
 
-    def save_pretrained(self, output_dir: str | os.PathLike, surrogate_repo_id: str | None = None) -> str:
+    def save_pretrained(
+        self,
+        output_dir: str | os.PathLike,
+        surrogate_repo_id: str | None = None,
+        adapter_base_model: str | None = None,
+    ) -> str:
         """Write the pruned model, tokenizer, config, results, card, plots and surrogate to ``output_dir``.
 
         Everything is written to a temporary folder first and moved into place at the end, so a failure never
         leaves a half-written model. Files of an earlier run in ``output_dir`` with the same names are replaced;
-        the mask-evaluation cache is left alone.
+        the mask-evaluation cache is left alone. After ``recover(merge=False)`` the folder holds the pruned base
+        weights plus ``adapter/``, whose config names ``adapter_base_model`` (default: ``output_dir``) as its base.
         """
-        from .hub import write_run_folder
+        from .hub import staged_folder, write_run_folder
 
         if self.result is None:
             raise RuntimeError("call prune() before save_pretrained()")
         output_dir = os.path.abspath(os.fspath(output_dir))
-        parent = os.path.dirname(output_dir)
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".shapley-staging-", dir=parent)
-        try:
+        with staged_folder(output_dir) as staging:
             write_run_folder(
                 staging,
                 model=self.model,
@@ -259,15 +276,8 @@ class ShapleyLayerPruner(Trainer):
                 surrogate=self.surrogate,
                 surrogate_dir=SURROGATE_DIR,
                 surrogate_repo_id=surrogate_repo_id,
+                adapter_base_model=adapter_base_model or output_dir,
             )
-            os.makedirs(output_dir, exist_ok=True)
-            for name in os.listdir(staging):
-                target = os.path.join(output_dir, name)
-                if os.path.isdir(target) and not os.path.islink(target):
-                    shutil.rmtree(target)
-                os.replace(os.path.join(staging, name), target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return output_dir
 
     def push_to_hub(  # type: ignore[override]
@@ -280,12 +290,13 @@ class ShapleyLayerPruner(Trainer):
         commit_message: str = "Upload layer-pruned model (optimum-shapley)",
     ) -> dict[str, str]:
         """Push the pruned model (with card and plots) to ``repo_id`` and the surrogate to its own repository
-        (``surrogate_repo_id``, default ``{repo_id}-shapley-surrogate``). Returns both repository ids."""
+        (``surrogate_repo_id``, default ``{repo_id}-shapley-surrogate``). Returns both repository ids. After
+        ``recover()`` the pushed model is the merged one, or the pruned base plus ``adapter/`` (``merge=False``)."""
         from .hub import push_run_folder
 
         surrogate_repo_id = surrogate_repo_id or f"{repo_id}-shapley-surrogate"
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, surrogate_repo_id=surrogate_repo_id)
+            self.save_pretrained(folder, surrogate_repo_id=surrogate_repo_id, adapter_base_model=repo_id)
             return push_run_folder(
                 folder,
                 repo_id,

@@ -50,6 +50,7 @@ class PruningResult:
     timings: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     weights_source: str = ""  # e.g. "de-quantized from the GGUF file ..."
+    recovery: dict[str, Any] = field(default_factory=dict)  # RecoveryResult.to_dict() after pruner.recover()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +93,10 @@ class PruningResult:
         rows += [
             ("method cost", f"{self.selection_evaluations} model evaluations, {self.selection_seconds:.1f} s"),
             ("model evaluations", f"{self.num_model_evaluations} run, {self.num_cached_evaluations} from cache"),
-            ("wall time", f"{self.timings.get('total', 0.0):.1f} s"),
         ]
+        if self.recovery:
+            from .recovery import recovery_summary_rows
+
+            rows += recovery_summary_rows(self.recovery)
+        rows.append(("wall time", f"{self.timings.get('total', 0.0):.1f} s"))
         return rows

@@ -1,4 +1,5 @@
-"""Registers ``optimum-cli shapley prune`` (optimum-cli imports every file here at start-up: keep imports light)."""
+"""Registers ``optimum-cli shapley prune`` and ``recover`` (optimum-cli imports every file here at start-up:
+keep imports light)."""
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
@@ -18,10 +19,26 @@ class ShapleyPruneCommand(BaseOptimumCLICommand):
         return run_with_errors_reported(self.args)
 
 
+class ShapleyRecoverCommand(BaseOptimumCLICommand):
+    COMMAND = CommandInfo(name="recover", help="Heal a (pruned) model with a short LoRA fine-tune.")
+
+    @staticmethod
+    def parse_args(parser):
+        from optimum_shapley.cli import add_recover_arguments
+
+        add_recover_arguments(parser)
+
+    def run(self):
+        from optimum_shapley.cli import run_recover, run_with_errors_reported
+
+        return run_with_errors_reported(self.args, run_recover)
+
+
 class ShapleyCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(name="shapley", help="Layer pruning with surrogate-assisted Shapley values.")
     SUBCOMMANDS = (
         CommandInfo(name="prune", help=ShapleyPruneCommand.COMMAND.help, subcommand_class=ShapleyPruneCommand),
+        CommandInfo(name="recover", help=ShapleyRecoverCommand.COMMAND.help, subcommand_class=ShapleyRecoverCommand),
     )
 
 
