@@ -46,11 +46,17 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model", help="Hub model id, local folder, .gguf file, or a packaged alias: smollm2-135m, gemma3-270m."
     )
-    parser.add_argument("--output", "-o", required=True, help="Folder for the pruned model, card, plots and cache.")
+    parser.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        help="Folder for the pruned model, card, plots and cache. It appears complete at the end (one rename); "
+        "until then the run builds it in OUTPUT.partial, whose mask-evaluation cache a killed run resumes from.",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="Replace the results of an earlier run in --output (its mask-evaluation cache is kept and reused).",
+        help="Replace an existing --output folder as a whole (its mask-evaluation cache is carried over and reused).",
     )
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (a folder or Hub repo).")
     parser.add_argument(
@@ -60,6 +66,17 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         help="Weights dtype for evaluation and the saved model.",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="Calibration blocks per forward pass.")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="Spread a model too large for one device: 'auto', 'balanced', 'sequential' (from_pretrained's "
+        "device_map). Default: the whole model on the process's device.",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Run modelling code shipped with the checkpoint (off by default: it executes that code).",
+    )
     parser.add_argument(
         "--surrogate",
         default=None,
@@ -150,9 +167,33 @@ def _config_from_args(args: argparse.Namespace) -> ShapleyPruningConfig:
     return ShapleyPruningConfig(**values)
 
 
+def _check_writable(path: str) -> None:
+    """Fail now, not after hours of evaluations, if ``path`` cannot be created: try it in its nearest existing
+    ancestor (a real probe: permission bits say nothing for root, a read-only mount or a path under a file)."""
+    import tempfile
+
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"--output {path} cannot be created: {ancestor} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".optimum-shapley-probe-", dir=ancestor))
+    except OSError as error:
+        raise ValueError(
+            f"--output {path} cannot be created: {ancestor} is not writable ({error.strerror}); choose another folder"
+        ) from error
+
+
+def run_folder(output: str) -> str:
+    """Where ``prune`` builds ``output`` (and keeps the mask-evaluation cache) until the run is complete."""
+    return output + ".partial"
+
+
 def _check_output_folder(path: str, overwrite: bool) -> None:
     if os.path.isfile(path):
         raise ValueError(f"--output {path} is a file, expected a folder")
+    _check_writable(path)
     if not os.path.isdir(path):
         return
     from .evaluation import CACHE_FILE_NAME
@@ -163,6 +204,51 @@ def _check_output_folder(path: str, overwrite: bool) -> None:
             f"output folder {path} is not empty; pass --overwrite to replace its contents "
             "(the mask-evaluation cache is kept)"
         )
+
+
+def _check_hub_access(repo_id: str, surrogate_repo: str | None) -> None:
+    """Refuse ``--push-to-hub`` before any work when the upload could not happen."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import validate_repo_id
+
+    for name in (repo_id, surrogate_repo or f"{repo_id}-shapley-surrogate"):
+        validate_repo_id(name)
+    if get_token() is None:
+        raise ValueError(
+            "--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN (checked now so that a "
+            "long run does not end without its upload)"
+        )
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("--push-to-hub cannot upload while HF_HUB_OFFLINE=1 is set; unset it to push")
+
+
+def _seed_cache(output: str, work: str, cache_name: str) -> int:
+    """Start ``work`` from the cache of an existing ``output`` (``--overwrite``, or a folder holding only a cache);
+    returns the size of the cache ``work`` starts with, so a failure can tell new evaluations from copied ones."""
+    source, target = os.path.join(output, cache_name), os.path.join(work, cache_name)
+    if os.path.isfile(source) and not os.path.exists(target):
+        from .evaluation import MaskEvaluationCache
+
+        MaskEvaluationCache(output, "", persist=False)  # a damaged cache is refused under its own name
+        os.makedirs(work, exist_ok=True)
+        shutil.copyfile(source, target + ".tmp")
+        os.replace(target + ".tmp", target)
+    return os.path.getsize(target) if os.path.isfile(target) else 0
+
+
+def _publish(work: str, output: str) -> None:
+    """Make the complete ``work`` folder the ``output`` folder in renames: a crash leaves no output or a whole one."""
+    import glob
+    import tempfile
+
+    parent, name = os.path.split(output)
+    if os.path.exists(output):
+        old = tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=parent)
+        os.rmdir(old)  # a free name beside output
+        os.rename(output, old)
+    os.rename(work, output)  # killed between the two renames: no output; the next run resumes from work's cache
+    for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.replaced-*")):
+        shutil.rmtree(old, ignore_errors=True)  # this run's, or one a crash between the renames left behind
 
 
 def _print_summary(rows: list[tuple[str, str]]) -> None:
@@ -251,6 +337,11 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     recovery = _prune_recovery_kwargs(args, config.seed)
+    if args.push_to_hub:
+        _check_hub_access(args.push_to_hub, args.surrogate_repo)
+    work = run_folder(output)
+    if os.path.exists(work) and not os.path.isdir(work):
+        raise ValueError(f"{work} (where the run is built) is a file; move it away")
 
     import torch
     from transformers import TrainingArguments
@@ -264,18 +355,24 @@ def run_prune(args: argparse.Namespace) -> int:
     surrogate = ShapleySurrogate.from_pretrained(args.surrogate, strict=True) if args.surrogate else None
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     print(f"Loading {args.model} ...", file=sys.stderr)
-    model, tokenizer = load_causal_lm(args.model, gguf_file=args.gguf_file, dtype=dtype)
+    load_options = {"device_map": args.device_map} if args.device_map else {}
+    model, tokenizer = load_causal_lm(
+        args.model, gguf_file=args.gguf_file, dtype=dtype, trust_remote_code=args.trust_remote_code, **load_options
+    )
 
-    created = not os.path.exists(output)
+    created = not os.path.exists(work)
+    seeded = 0  # bytes of cache copied in from an existing --output: not new work to resume from
+    main = True
     try:
         training_args = TrainingArguments(
-            output_dir=output,
+            output_dir=work,  # the mask-evaluation cache lives here during the run
             per_device_eval_batch_size=args.batch_size,
             report_to="none",
             disable_tqdm=args.no_progress,
             dataloader_pin_memory=torch.cuda.is_available(),
             seed=config.seed,
         )
+        main = training_args.process_index == 0  # under `accelerate launch`, only the main process writes
         pruner = ShapleyLayerPruner(
             model=model,
             args=training_args,
@@ -283,19 +380,28 @@ def run_prune(args: argparse.Namespace) -> int:
             processing_class=tokenizer,
             surrogate=surrogate,
         )
+        if main:
+            seeded = _seed_cache(output, work, CACHE_FILE_NAME)
         result = pruner.prune(evaluate_calibration=True)
         if recovery is not None:
             print(f"Recovering with LoRA on {recovery['dataset']} ...", file=sys.stderr)
             pruner.recover(**recovery)
-        pruner.save_pretrained(output)
+        pruner.save_pretrained(work, adapter_base_model=output)  # a kept adapter's base is the final folder
+        if main:
+            _publish(work, output)
+        pruner.accelerator.wait_for_everyone()
         pushed = None
         if args.push_to_hub:
             pushed = pruner.push_to_hub(args.push_to_hub, surrogate_repo_id=args.surrogate_repo, private=args.private)
     except BaseException:
-        # a folder this run created and that holds no evaluations to resume from is removed again
-        if created and os.path.isdir(output) and CACHE_FILE_NAME not in os.listdir(output):
-            shutil.rmtree(output, ignore_errors=True)
+        # a folder this run created that holds no new evaluations to resume from is removed again
+        cache = os.path.join(work, CACHE_FILE_NAME)
+        fresh = os.path.isfile(cache) and os.path.getsize(cache) > seeded
+        if main and created and os.path.isdir(work) and not fresh:
+            shutil.rmtree(work, ignore_errors=True)
         raise
+    if not main:
+        return 0
 
     rows = result.summary_rows()
     rows[-1] = ("wall time", f"{time.perf_counter() - start:.1f} s (including loading)")

@@ -6,6 +6,7 @@ with ``HfApi.create_repo`` + ``HfApi.upload_folder``; the surrogate goes to a re
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -286,12 +287,16 @@ Removed layers (original indices): **{", ".join(map(str, result.removed_layers))
 def staged_folder(output_dir: str | os.PathLike) -> Iterator[str]:
     """Yield an empty temporary folder beside ``output_dir``; when the block succeeds, its entries replace those of
     the same name in ``output_dir`` (other files stay). A failure leaves ``output_dir`` as it was: never half-written.
-    A new ``output_dir`` appears in one rename, complete or not at all, even if the process is killed.
+    A new ``output_dir`` appears in one rename, complete or not at all, even if the process is killed; what a killed
+    save left beside ``output_dir`` is removed by the next save to it.
     """
     output_dir = os.path.abspath(os.fspath(output_dir))
-    parent = os.path.dirname(output_dir)
+    parent, name = os.path.split(output_dir)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".shapley-staging-", dir=parent)
+    prefix = f".shapley-staging-{name}."
+    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
         yield staging
         if not os.path.exists(output_dir):

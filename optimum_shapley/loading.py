@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["PACKAGED_MODELS", "MissingModelPackageError", "PackagedModel", "load_causal_lm", "resolve_model_source"]
 
@@ -77,6 +77,18 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
     return path, gguf_file
 
 
+def _check_local_source(source: str) -> None:
+    """A source written as a path (absolute, ./, ../, ~, several slashes, .gguf) must exist: fail before any Hub
+    lookup, whose message for such a string is about repository-id syntax."""
+    path = os.path.expanduser(source)
+    looks_local = os.path.isabs(path) or source.startswith((".", "~")) or source.count("/") > 1
+    if (looks_local or source.endswith(".gguf")) and not os.path.exists(path):
+        raise FileNotFoundError(
+            f"model {source} not found: no such folder or file (give a model folder, a .gguf file, a Hub id such as "
+            f"org/name, or a packaged alias: {', '.join(PACKAGED_MODELS)})"
+        )
+
+
 def detach_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
     """Make a de-quantized GGUF model an ordinary float model that ``Trainer`` and ``save_pretrained`` accept."""
     quantizer = getattr(model, "hf_quantizer", None)
@@ -100,18 +112,49 @@ def load_causal_lm(
     *,
     gguf_file: str | None = None,
     tokenizer_kwargs: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
     **model_kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` with ``AutoModelForCausalLM``/``AutoTokenizer``.
 
     ``name_or_path`` is a Hub id, a local folder, a path to a ``.gguf`` file, or a packaged alias
     (``smollm2-135m``, ``gemma3-270m``). ``model_kwargs`` go to ``from_pretrained`` (``dtype``, ``device_map``,
-    ``revision``, ...). A GGUF quantizer is detached so the model trains and saves like any float model.
+    ``revision``, ...). A GGUF quantizer is detached so the model trains and saves like any float model. Code
+    shipped with a checkpoint runs only when ``trust_remote_code`` is set (off by default: it executes that code).
     """
     source, gguf_file = resolve_model_source(name_or_path, gguf_file)
+    _check_local_source(source)
     file_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(source, **file_kwargs, **model_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source, **file_kwargs, **(tokenizer_kwargs or {}))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, **file_kwargs, trust_remote_code=trust_remote_code, **model_kwargs
+        )
+    except ValueError as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise ValueError(
+                f"{name_or_path} contains its own modelling code, which runs only with --trust-remote-code "
+                "(trust_remote_code in Python): read that code before you allow it"
+            ) from error
+        if "Unrecognized configuration class" not in str(error):
+            raise
+        model_type = getattr(AutoConfig.from_pretrained(source, **file_kwargs), "model_type", "unknown")
+        raise ValueError(
+            f"{name_or_path} is a {model_type!r} model, not a causal language model (AutoModelForCausalLM cannot load "
+            "it): give a decoder-only text-generation model"
+        ) from error
+    except OSError as error:
+        if os.path.exists(source):
+            raise
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+
+        where = "the Hub is offline (HF_HUB_OFFLINE=1)" if HF_HUB_OFFLINE else "it could not be fetched from the Hub"
+        raise OSError(
+            f"cannot load model {name_or_path!r}: it is not a local folder or a packaged alias "
+            f"({', '.join(PACKAGED_MODELS)}), and {where}: {str(error).splitlines()[0]}"
+        ) from error
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, **file_kwargs, trust_remote_code=trust_remote_code, **(tokenizer_kwargs or {})
+    )
     if gguf_file:
         detach_gguf_quantizer(model)
         model.weights_source = f"de-quantized from the GGUF file {gguf_file}"  # for the model card

@@ -84,7 +84,7 @@ class ShapleyLayerPruner(Trainer):
         if surrogate is not None and surrogate.num_layers != self.num_layers:
             raise ValueError(
                 f"the surrogate was trained for a model with {surrogate.num_layers} layers; this model has "
-                f"{self.num_layers}"
+                f"{self.num_layers}: use the surrogate of a run on this model, or prune without one"
             )
         self.surrogate = surrogate
 
@@ -92,7 +92,7 @@ class ShapleyLayerPruner(Trainer):
         if max_positions is not None and pruning_config.seq_length > max_positions:
             raise ValueError(
                 f"ShapleyPruningConfig.seq_length={pruning_config.seq_length} exceeds the model's maximum of "
-                f"{max_positions} positions"
+                f"{max_positions} positions; lower --seq_length"
             )
         if calibration_dataset is None:
             if processing_class is None:
@@ -130,6 +130,16 @@ class ShapleyLayerPruner(Trainer):
         return CalibrationDataset(torch.stack([torch.as_tensor(r) for r in rows])).fingerprint()
 
     def _calibration_batches(self):
+        if self.accelerator.num_processes > 1:
+            # processes split the masks, not the data: each evaluates whole masks on the whole calibration set, so
+            # the Trainer's sharded eval dataloader would give every process a different (partial) loss
+            return torch.utils.data.DataLoader(
+                self.calibration_dataset,
+                batch_size=self.args.eval_batch_size,
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
         return self.get_eval_dataloader(self.calibration_dataset)
 
     def mask_evaluator(self, cache: MaskEvaluationCache | None = None) -> MaskEvaluator:
@@ -142,6 +152,7 @@ class ShapleyLayerPruner(Trainer):
             num_layers=self.num_layers,
             show_progress=not self.args.disable_tqdm and self.is_world_process_zero(),
             run=lambda kept: self.evaluate_mask(kept),
+            accelerator=self.accelerator,  # under `accelerate launch`, processes share the masks to evaluate
         )
 
     def evaluate_mask(self, keep: Any) -> MaskEvaluation:
@@ -160,8 +171,18 @@ class ShapleyLayerPruner(Trainer):
         start = time.perf_counter()
         model_fp = model_fingerprint(self.model)
         if self.surrogate is not None and self.surrogate.model_fingerprint not in ("", model_fp):
-            logger.warning("The surrogate was trained on a model with different weights or config than this one.")
-        cache = MaskEvaluationCache(self.args.output_dir, run_fingerprint(model_fp, self._calibration_fingerprint()))
+            trained_on = self.surrogate.base_model or "another model"
+            raise ValueError(
+                f"the surrogate was trained on {trained_on} (fingerprint {self.surrogate.model_fingerprint[:12]}), "
+                f"not on this model ({self._base_model_name() or 'unnamed'}, fingerprint {model_fp[:12]}): "
+                "contributions do not transfer between weights; load the exact checkpoint and dtype it was trained "
+                "on, or prune without a surrogate to train one for this model"
+            )
+        cache = MaskEvaluationCache(
+            self.args.output_dir,
+            run_fingerprint(model_fp, self._calibration_fingerprint()),
+            persist=self.is_world_process_zero(),  # one writer; the other processes get results by gathering
+        )
         evaluator = self.mask_evaluator(cache)
         timings = {"fingerprint": time.perf_counter() - start}
 
@@ -188,6 +209,13 @@ class ShapleyLayerPruner(Trainer):
             ppl_before = evaluator(list(range(self.num_layers))).perplexity
             ppl_after = evaluator(kept).perplexity
             timings["calibration_report"] = time.perf_counter() - t
+
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            if any(other != removed for other in gather_object([removed])):
+                raise RuntimeError("the processes chose different layers; run them with the same model and data")
+            details["evaluations_per_process"] = gather_object([evaluator.num_run_here])
 
         drop_layers(self.model, removed)
         self._pruned = True
@@ -260,12 +288,15 @@ class ShapleyLayerPruner(Trainer):
         leaves a half-written model. Files of an earlier run in ``output_dir`` with the same names are replaced;
         the mask-evaluation cache is left alone. After ``recover(merge=False)`` the folder holds the pruned base
         weights plus ``adapter/``, whose config names ``adapter_base_model`` (default: ``output_dir``) as its base.
+        Under ``accelerate launch`` only the main process writes (call it on every process, as ``Trainer.save_model``).
         """
         from .hub import staged_folder, write_run_folder
 
         if self.result is None:
             raise RuntimeError("call prune() before save_pretrained()")
         output_dir = os.path.abspath(os.fspath(output_dir))
+        if not self.is_world_process_zero():
+            return output_dir
         with staged_folder(output_dir) as staging:
             write_run_folder(
                 staging,
@@ -295,6 +326,8 @@ class ShapleyLayerPruner(Trainer):
         from .hub import push_run_folder
 
         surrogate_repo_id = surrogate_repo_id or f"{repo_id}-shapley-surrogate"
+        if not self.is_world_process_zero():  # one upload, from the main process
+            return {}
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, surrogate_repo_id=surrogate_repo_id, adapter_base_model=repo_id)
             return push_run_folder(

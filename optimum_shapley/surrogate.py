@@ -77,6 +77,11 @@ class ShapleySurrogate(
             raise ValueError(f"this surrogate takes masks over {self.num_layers} layers, got {masks.shape[-1]}")
         return self.raw(masks) * self.target_scale + self.target_mean
 
+    @classmethod
+    def _load_as_pickle(cls, model, model_file, map_location, strict):
+        """The Hub mixin falls back to a pickled ``pytorch_model.bin``; surrogates load from safetensors only."""
+        raise ValueError(f"{model_file}: a surrogate must be a model.safetensors file; pickled checkpoints are refused")
+
 
 @dataclass
 class SurrogateFit:

@@ -29,7 +29,8 @@ class Sleb(LayerCriterion):
         kept = list(range(evaluator.num_layers))
         removed, trajectory = [], []
         for _ in tqdm(range(num_remove), desc="SLEB", unit="layer", disable=not evaluator.show_progress):
-            candidates = {layer: _nll(evaluator([k for k in kept if k != layer])) for layer in kept}
+            trials = evaluator.evaluate_all([[k for k in kept if k != layer] for layer in kept], desc="SLEB step")
+            candidates = {layer: _nll(evaluation) for layer, evaluation in zip(kept, trials)}
             best = min(kept, key=lambda layer: (candidates[layer], layer))
             kept.remove(best)
             removed.append(best)

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from ..sampling import mask_to_key
 __all__ = [
     "CACHE_FILE_NAME",
     "MEASURE",
+    "CorruptCacheError",
     "MaskEvaluation",
     "MaskEvaluationCache",
     "MaskEvaluator",
@@ -131,46 +133,80 @@ def run_fingerprint(model_fp: str, calibration_fp: str, measure: str = MEASURE) 
     return hashlib.sha256(f"{model_fp}|{calibration_fp}|{measure}".encode()).hexdigest()[:32]
 
 
+class CorruptCacheError(ValueError):
+    """A mask-evaluation cache with an unreadable record before its last line: damage, not an interrupted write."""
+
+
+def _parse_record(raw: bytes, fingerprint: str) -> MaskEvaluation | None:
+    """One cache line -> its evaluation, None for a blank line or another fingerprint; ValueError if unreadable."""
+    text = raw.decode("utf-8")
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+        if record.get("fingerprint") != fingerprint:
+            return None
+        nll = record["nll_sum"]
+        mask = record["mask"]
+        if not isinstance(mask, str) or not mask or set(mask) - {"0", "1"}:
+            raise ValueError(f"bad mask {mask!r}")
+        return MaskEvaluation(
+            mask=mask,
+            nll_sum=float(nll) if nll is not None else float(record.get("nll_repr", "nan")),
+            num_tokens=int(record["num_tokens"]),
+            seconds=float(record.get("seconds", 0.0)),
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(str(error)) from error
+
+
 class MaskEvaluationCache:
     """Append-only JSON-lines store of mask evaluations for one fingerprint.
 
     Each evaluation is one line, flushed and fsync'ed when written, so a killed run loses at most the mask it was
-    evaluating. Lines that do not parse (a record cut off by a crash) are skipped; lines of other fingerprints are
-    kept in the file but ignored.
+    evaluating. An unreadable *last* line is a record cut off by a crash: it is skipped and cut from the file before
+    the next append. An unreadable line anywhere else means the file was damaged or edited: loading refuses it with
+    ``CorruptCacheError`` instead of silently re-evaluating (or trusting) what is around it. Lines of other
+    fingerprints are kept in the file but ignored. With ``persist=False`` (the non-main processes of a distributed
+    run) evaluations are only held in memory; the main process writes the one file.
     """
 
-    def __init__(self, directory: str | os.PathLike, fingerprint: str):
+    def __init__(self, directory: str | os.PathLike, fingerprint: str, *, persist: bool = True):
         self.directory = os.fspath(directory)
         self.path = os.path.join(self.directory, CACHE_FILE_NAME)
         self.fingerprint = fingerprint
+        self.persist = persist
         self._records: dict[str, MaskEvaluation] = {}
         self.skipped_lines = 0
+        self._truncate_to: int | None = None  # where a cut-off last record starts, removed before the next append
         self._load()
 
     def _load(self) -> None:
         if not os.path.exists(self.path):
             return
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    if record.get("fingerprint") != self.fingerprint:
-                        continue
-                    nll = record["nll_sum"]
-                    evaluation = MaskEvaluation(
-                        mask=str(record["mask"]),
-                        nll_sum=float(nll) if nll is not None else float(record.get("nll_repr", "nan")),
-                        num_tokens=int(record["num_tokens"]),
-                        seconds=float(record.get("seconds", 0.0)),
-                    )
-                except (ValueError, KeyError, TypeError):
-                    self.skipped_lines += 1
-                    continue
+        with open(self.path, "rb") as f:
+            data = f.read()
+        lines = data.splitlines(keepends=True)
+        end = 0
+        for number, raw in enumerate(lines, 1):
+            start, end = end, end + len(raw)
+            try:
+                evaluation = _parse_record(raw, self.fingerprint)
+            except ValueError as error:
+                if end < len(data):
+                    raise CorruptCacheError(
+                        f"the mask-evaluation cache {self.path} is corrupt at line {number} of {len(lines)} "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:80]}); this is not a record cut off "
+                        f"by a crash (only the last line can be): delete line {number} to keep the other records, or "
+                        "delete the file to evaluate every mask again"
+                    ) from error
+                self.skipped_lines += 1
+                self._truncate_to = start
+                break
+            if evaluation is not None:
                 self._records[evaluation.mask] = evaluation
         if self.skipped_lines:
-            logger.warning("Skipped %d unreadable line(s) in %s (an interrupted write).", self.skipped_lines, self.path)
+            logger.warning("Skipped a record cut off by an interrupted write at the end of %s.", self.path)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -181,9 +217,27 @@ class MaskEvaluationCache:
     def get(self, mask: str) -> MaskEvaluation | None:
         return self._records.get(mask)
 
+    def evaluations(self) -> list[MaskEvaluation]:
+        """Every evaluation held for this fingerprint, in the order first seen."""
+        return list(self._records.values())
+
+    def remember(self, evaluations: Iterable[MaskEvaluation]) -> None:
+        """Hold evaluations in memory without writing them (another process owns the file)."""
+        for evaluation in evaluations:
+            self._records[evaluation.mask] = evaluation
+
     def add(self, evaluation: MaskEvaluation) -> None:
-        """Append one evaluation durably."""
+        """Append one evaluation durably (in memory only when ``persist`` is off)."""
+        if not self.persist:
+            self._records[evaluation.mask] = evaluation
+            return
         os.makedirs(self.directory, exist_ok=True)
+        if self._truncate_to is not None:
+            with open(self.path, "r+b") as f:  # drop the record a crash cut off, so the file stays all records
+                f.truncate(self._truncate_to)
+                f.flush()
+                os.fsync(f.fileno())
+            self._truncate_to = None
         finite = math.isfinite(evaluation.nll_sum)
         record = {
             "fingerprint": self.fingerprint,
@@ -198,7 +252,7 @@ class MaskEvaluationCache:
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             with open(self.path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
-                needs_newline = f.read(1) != b"\n"  # a record cut off by a crash: start a fresh line
+                needs_newline = f.read(1) != b"\n"  # a whole last record that lost its newline
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(("\n" if needs_newline else "") + line)
             f.flush()
@@ -246,6 +300,7 @@ class MaskEvaluator:
         num_layers: int | None = None,
         show_progress: bool = True,
         run: Callable[[list[int]], MaskEvaluation] | None = None,
+        accelerator: Any = None,
     ):
         from ..masking import num_decoder_layers
 
@@ -258,8 +313,15 @@ class MaskEvaluator:
         self.show_progress = show_progress
         self.num_run = 0
         self.num_cached = 0
+        self.num_run_here = 0  # forward passes run by this process (num_run counts those of all processes)
         self.requests: list[str] = []
         self._seen: set[str] = set()
+        # several processes (accelerate launch): each evaluates its share, results go through the cache
+        self.accelerator = accelerator if cache is not None and getattr(accelerator, "num_processes", 1) > 1 else None
+        self._fresh: set[str] = set()  # evaluated by some process during this run, not yet counted
+        self._in_batch = False
+        if self.accelerator is not None:
+            self._share_cache()
 
     @property
     def num_requested(self) -> int:
@@ -274,14 +336,21 @@ class MaskEvaluator:
         from ..masking import kept_layers_from_mask
 
         kept = kept_layers_from_mask(keep, self.num_layers)
+        if self.accelerator is not None and not self._in_batch:
+            self._evaluate_shares([kept])  # one process evaluates it, all get the same numbers
         key = _key(kept, self.num_layers)
         repeated = key in self._seen
         self.requests.append(key)
         self._seen.add(key)
         if self.cache is not None and key in self.cache:
-            self.num_cached += 0 if repeated else 1
+            if key in self._fresh:
+                self._fresh.discard(key)
+                self.num_run += 1
+            else:
+                self.num_cached += 0 if repeated else 1
             return self.cache.get(key)
         evaluation = self.run(kept)
+        self.num_run_here += 1
         if self.cache is not None:
             self.cache.add(evaluation)
         self.num_run += 1
@@ -306,9 +375,65 @@ class MaskEvaluator:
         from tqdm.auto import tqdm
 
         masks = list(masks)
+        if self.accelerator is not None:
+            from ..masking import kept_layers_from_mask
+
+            self._evaluate_shares([kept_layers_from_mask(m, self.num_layers) for m in masks], desc)
+            self._in_batch = True
+            try:
+                return [self(mask) for mask in masks]
+            finally:
+                self._in_batch = False
         results = []
         with tqdm(total=len(masks), desc=desc, unit="mask", disable=not self.show_progress) as progress:
             for mask in masks:
                 results.append(self(mask))
                 progress.update(1)
         return results
+
+    # ------------------------------------------------------------------------------------------------------------
+    # several processes: every process runs the same criterion code in lockstep and asks for the same masks; the
+    # uncached ones are dealt out round-robin, one per process per round, and every round's results are gathered to
+    # all processes, so all of them hold identical evaluations (and make identical choices) while only the main
+    # process appends to the cache file, flushed after every round: a killed run loses at most one round.
+
+    def _share_cache(self) -> None:
+        """Give every process the main process's cache, so all agree on what is cached (no shared disk needed)."""
+        from accelerate.utils import broadcast_object_list
+
+        main = self.accelerator.is_main_process
+        if not main:
+            self.cache.persist = False  # one writer: the main process
+        payload = [self.cache.evaluations() if main else None]
+        broadcast_object_list(payload, from_process=0)
+        if not main:
+            self.cache.remember(payload[0])
+
+    def _evaluate_shares(self, kept_sets: list[list[int]], desc: str = "Evaluating layer masks") -> None:
+        from accelerate.utils import gather_object
+        from tqdm.auto import tqdm
+
+        keys = [_key(kept, self.num_layers) for kept in kept_sets]
+        digests = gather_object([hashlib.sha256("|".join(keys).encode()).hexdigest()])
+        if len(set(digests)) > 1:
+            raise RuntimeError(
+                "the processes asked for different layer masks: their selections diverged (a model, data or "
+                "library difference between them); run every process with the same model, data and versions"
+            )
+        todo, queued = [], set()
+        for kept, key in zip(kept_sets, keys):
+            if key not in self.cache and key not in queued:
+                queued.add(key)
+                todo.append(kept)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        with tqdm(total=len(todo), desc=desc, unit="mask", disable=not self.show_progress or not todo) as progress:
+            for start in range(0, len(todo), world):
+                mine = []
+                if start + rank < len(todo):
+                    mine.append(self.run(todo[start + rank]))
+                    self.num_run_here += 1
+                gathered = gather_object(mine)
+                for evaluation in gathered:
+                    self.cache.add(evaluation)
+                    self._fresh.add(evaluation.mask)
+                progress.update(len(gathered))
