@@ -20,10 +20,12 @@ from .config import ShapleyPruningConfig
 
 __all__ = [
     "RUNNERS",
+    "add_evaluate_arguments",
     "add_prune_arguments",
     "add_recover_arguments",
     "build_parser",
     "main",
+    "run_evaluate",
     "run_prune",
     "run_recover",
     "run_with_errors_reported",
@@ -107,6 +109,24 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Save the LoRA adapter in adapter/ beside the pruned weights instead of merging it.",
     )
+    evaluation = parser.add_argument_group(
+        "evaluation: held-out perplexity and zero-shot accuracy before and after pruning, in the card (off unless "
+        "--eval-ppl or --eval-tasks)"
+    )
+    evaluation.add_argument("--eval-ppl", metavar="TEXTS", default=None, help="e.g. wikitext2,ptb,c4 or a text file.")
+    evaluation.add_argument("--eval-tasks", metavar="TASKS", default=None, help="e.g. piqa,arc_easy,hellaswag.")
+    evaluation.add_argument(
+        "--eval-data-dir", default=None, help="Folder with the release files (default: the Hub datasets)."
+    )
+    evaluation.add_argument("--eval-limit", type=int, default=None, help="First N items of each task.")
+    evaluation.add_argument("--eval-max-windows", type=int, default=None, help="First N perplexity windows.")
+    evaluation.add_argument("--eval-seq-length", type=int, default=None, help="Perplexity window (default 128).")
+    evaluation.add_argument(
+        "--eval-backend",
+        default=None,
+        choices=["auto", "native", "lm-eval"],
+        help="Zero-shot scorer (default auto: lm-eval if installed, else native; same numbers).",
+    )
     add_config_arguments(parser)
 
 
@@ -141,6 +161,47 @@ def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="Show full tracebacks on errors.")
 
 
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """All options of ``evaluate`` (shared by ``optimum-shapley evaluate`` and ``optimum-cli shapley evaluate``)."""
+    from .evaluation import PERPLEXITY_SOURCES, TASKS
+
+    parser.add_argument("model", help="Hub model id, local or pruned folder, .gguf file, or a packaged alias.")
+    parser.add_argument(
+        "--ppl",
+        metavar="TEXTS",
+        default=None,
+        help=f"Perplexity on these texts, comma-separated: {', '.join(PERPLEXITY_SOURCES)} or a .txt/.json/.jsonl file.",
+    )
+    parser.add_argument(
+        "--tasks", metavar="TASKS", default=None, help=f"Zero-shot tasks, comma-separated: {', '.join(TASKS)}."
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="Folder with the release files (wikitext-2-raw/, ptb/, c4/, zeroshot/<task>/); default: the Hub.",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="First N items of each task (quick runs).")
+    parser.add_argument("--seq-length", type=int, default=128, help="Perplexity window in tokens.")
+    parser.add_argument("--max-windows", type=int, default=None, help="First N perplexity windows (default: all).")
+    parser.add_argument("--output-json", default=None, help="Write every number and the protocol to this file.")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "native", "lm-eval"],
+        help="Zero-shot scorer: lm-eval (the harness itself), native (ours, same numbers), auto (lm-eval if installed).",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="Windows or requests per forward pass.")
+    parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (a folder or Hub repo).")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"], help="Weights dtype."
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="Run modelling code shipped with the checkpoint."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument("--debug", action="store_true", help="Show full tracebacks on errors.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimum-shapley",
@@ -159,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_recover_arguments(recover)
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="Held-out perplexity and zero-shot accuracy (lm-evaluation-harness protocol) of a model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_evaluate_arguments(evaluate)
     return parser
 
 
@@ -337,6 +404,7 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     recovery = _prune_recovery_kwargs(args, config.seed)
+    evaluation = _prune_evaluation(args)  # reads its data now: bad evaluation input fails before any work
     if args.push_to_hub:
         _check_hub_access(args.push_to_hub, args.surrogate_repo)
     work = run_folder(output)
@@ -359,6 +427,10 @@ def run_prune(args: argparse.Namespace) -> int:
     model, tokenizer = load_causal_lm(
         args.model, gguf_file=args.gguf_file, dtype=dtype, trust_remote_code=args.trust_remote_code, **load_options
     )
+    measurements = {}
+    if evaluation is not None:
+        print("Evaluating the dense model ...", file=sys.stderr)
+        measurements["dense"] = evaluation.run(model, tokenizer, show_progress=not args.no_progress)
 
     created = not os.path.exists(work)
     seeded = 0  # bytes of cache copied in from an existing --output: not new work to resume from
@@ -383,9 +455,17 @@ def run_prune(args: argparse.Namespace) -> int:
         if main:
             seeded = _seed_cache(output, work, CACHE_FILE_NAME)
         result = pruner.prune(evaluate_calibration=True)
+        if evaluation is not None:
+            print("Evaluating the pruned model ...", file=sys.stderr)
+            measurements["pruned"] = evaluation.run(pruner.model, tokenizer, show_progress=not args.no_progress)
         if recovery is not None:
             print(f"Recovering with LoRA on {recovery['dataset']} ...", file=sys.stderr)
             pruner.recover(**recovery)
+            if evaluation is not None:
+                print("Evaluating the recovered model ...", file=sys.stderr)
+                measurements["recovered"] = evaluation.run(pruner.model, tokenizer, show_progress=not args.no_progress)
+        if evaluation is not None:
+            result.evaluation = {"protocol": evaluation.protocol(), "results": measurements}
         pruner.save_pretrained(work, adapter_base_model=output)  # a kept adapter's base is the final folder
         if main:
             _publish(work, output)
@@ -414,6 +494,11 @@ def run_prune(args: argparse.Namespace) -> int:
     if pushed:
         rows += [("pushed model", pushed["model"]), ("pushed surrogate", pushed["surrogate"])]
     _print_summary(rows)
+    if evaluation is not None:
+        from .evaluation.suite import evaluation_text_table
+
+        print()
+        print(evaluation_text_table(measurements))
     return 0
 
 
@@ -504,12 +589,121 @@ def run_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_suite(flag: str, **options):
+    """An ``EvaluationSuite`` with its data read (``flag`` is the option prefix, for messages): bad options, unknown
+    tasks, missing files and malformed lines fail here, before a model is loaded."""
+    from .evaluation.suite import EvaluationConfig, EvaluationSuite
+
+    for name, minimum in (("limit", 1), ("max_windows", 1), ("seq_length", 2), ("batch_size", 1)):
+        value = options.get(name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{flag}{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    if not options.get("ppl") and not options.get("tasks"):
+        raise ValueError(f"nothing to evaluate: pass {flag}ppl and/or {flag}tasks")
+    options = {key: value for key, value in options.items() if value is not None}
+    return EvaluationSuite(EvaluationConfig(**options)).prepare()
+
+
+def _prune_evaluation(args: argparse.Namespace):
+    """The suite ``prune --eval-*`` runs before and after pruning, or None when no evaluation was asked for."""
+    names = ("data_dir", "limit", "max_windows", "seq_length", "backend")
+    given = [name for name in names if getattr(args, f"eval_{name}") is not None]
+    if args.eval_ppl is None and args.eval_tasks is None:
+        if given:
+            raise ValueError(f"--eval-{given[0].replace('_', '-')} needs --eval-ppl or --eval-tasks")
+        return None
+    return _evaluation_suite(
+        "--eval-",
+        ppl=args.eval_ppl,
+        tasks=args.eval_tasks,
+        data_dir=args.eval_data_dir,
+        limit=args.eval_limit,
+        max_windows=args.eval_max_windows,
+        seq_length=args.eval_seq_length,
+        batch_size=args.batch_size,
+        backend=args.eval_backend,
+    )
+
+
+def _write_json_atomically(path: str, record: dict) -> None:
+    import json
+    import tempfile
+
+    folder = os.path.dirname(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``evaluate``: perplexity and zero-shot accuracy of one model, a table on screen, JSON with
+    ``--output-json`` (written whole at the end; nothing is written when anything fails)."""
+    output_json = os.path.abspath(args.output_json) if args.output_json else None
+    if output_json is not None:
+        if os.path.isdir(output_json):
+            raise ValueError(f"--output-json {args.output_json} is a folder, expected a file path")
+        if not os.path.isdir(os.path.dirname(output_json)):
+            raise ValueError(f"--output-json {args.output_json}: folder {os.path.dirname(output_json)} does not exist")
+        _check_writable(output_json)
+    suite = _evaluation_suite(
+        "--",
+        ppl=args.ppl,
+        tasks=args.tasks,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        max_windows=args.max_windows,
+        seq_length=args.seq_length,
+        batch_size=args.batch_size,
+        backend=args.backend,
+    )
+
+    import torch
+
+    from .evaluation.suite import evaluation_text_table
+    from .loading import load_causal_lm
+    from .recovery import ADAPTER_DIR
+
+    start = time.perf_counter()
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    print(f"Loading {args.model} ...", file=sys.stderr)
+    model, tokenizer = load_causal_lm(
+        args.model, gguf_file=args.gguf_file, dtype=dtype, trust_remote_code=args.trust_remote_code
+    )
+    adapter = os.path.join(args.model, ADAPTER_DIR)
+    if os.path.isfile(os.path.join(adapter, "adapter_config.json")):  # a recovery that kept its LoRA adapter
+        from peft import PeftModel
+
+        print(f"Applying the LoRA adapter in {adapter}", file=sys.stderr)
+        model = PeftModel.from_pretrained(model, adapter)
+    measurement = suite.run(model, tokenizer, show_progress=not args.no_progress)
+    label = os.path.basename(os.path.normpath(args.model)) or args.model
+    record = {"model": args.model, "protocol": suite.protocol(), "results": {label: measurement}}
+    print()
+    print(evaluation_text_table(record["results"]))
+    print(f"\n{measurement['seconds']:.1f} s evaluating, {time.perf_counter() - start:.1f} s in all")
+    if output_json is not None:
+        _write_json_atomically(output_json, record)
+        print(f"wrote {output_json}")
+    return 0
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
-RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {"prune": run_prune, "recover": run_recover}
+RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "prune": run_prune,
+    "recover": run_recover,
+    "evaluate": run_evaluate,
+}
 """Sub-command name -> the function that runs it (each raises on bad input; ``run_with_errors_reported`` reports)."""
 
 

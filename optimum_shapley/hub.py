@@ -200,6 +200,20 @@ alpha = {lora.get("lora_alpha")}, dropout = {lora.get("lora_dropout")}, on {targ
 """
 
 
+def _evaluation_section(evaluation: dict[str, Any]) -> str:
+    """The card's held-out evaluation: dense vs pruned (vs recovered) side by side, with the protocol."""
+    from .evaluation.suite import evaluation_markdown
+
+    table = evaluation_markdown(evaluation) if evaluation else ""
+    if not table:
+        return ""
+    return f"""## Evaluation (held-out)
+
+{table}
+
+"""
+
+
 def build_model_card(
     result: PruningResult,
     *,
@@ -235,8 +249,13 @@ def build_model_card(
             f"Calibration perplexity went from {result.calibration_ppl_before:.2f} to "
             f"{result.calibration_ppl_after:.2f}{' (before recovery)' if result.recovery else ''}. It is measured "
             "on the calibration text that chose the layers, "
-            "so it is not a held-out evaluation: measure perplexity and zero-shot accuracy on your own held-out "
-            "data before relying on this model."
+            "so it is not a held-out evaluation"
+            + (
+                ": see *Evaluation (held-out)* below."
+                if result.evaluation
+                else ": measure perplexity and zero-shot accuracy on your own held-out data before relying on this "
+                "model (`optimum-shapley evaluate`)."
+            )
         )
     source_note = f" The base weights were {result.weights_source}." if result.weights_source else ""
     weights_note = _weights_note(result.recovery)
@@ -273,7 +292,7 @@ Removed layers (original indices): **{", ".join(map(str, result.removed_layers))
 
 {ppl_note}
 
-{_recovery_section(result.recovery)}{scores}{figures}
+{_evaluation_section(result.evaluation)}{_recovery_section(result.recovery)}{scores}{figures}
 ## Citation
 
 ```bibtex

@@ -51,6 +51,8 @@ class PruningResult:
     config: dict[str, Any] = field(default_factory=dict)
     weights_source: str = ""  # e.g. "de-quantized from the GGUF file ..."
     recovery: dict[str, Any] = field(default_factory=dict)  # RecoveryResult.to_dict() after pruner.recover()
+    # held-out evaluation: {"protocol": {...}, "results": {"dense"|"pruned"|"recovered": EvaluationSuite.run()}}
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -253,7 +253,7 @@ def test_registered_with_optimum_cli():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     names = [info.name for info in module.ShapleyCommand.SUBCOMMANDS]
-    assert names == ["prune", "recover"]
+    assert names == ["prune", "recover", "evaluate"]
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -91,11 +91,16 @@ def lm_eval_zero_shot(
             bootstrap_iters=1,  # acc is a mean: its stderr is closed-form (no bootstrap is run for it)
         )
     metrics = output["results"][variant]
+
+    def number(key: str) -> float | None:  # the harness writes "N/A" for a standard error it could not compute
+        value = metrics.get(f"{key},none")
+        return float(value) if isinstance(value, (int, float)) else None
+
     result = {
-        "acc": metrics.get("acc,none"),
-        "acc_stderr": metrics.get("acc_stderr,none"),
-        "acc_norm": metrics.get("acc_norm,none"),  # absent for boolq and winogrande: the harness reports acc only
-        "acc_norm_stderr": metrics.get("acc_norm_stderr,none"),
+        "acc": number("acc"),
+        "acc_stderr": number("acc_stderr"),
+        "acc_norm": number("acc_norm"),  # absent for boolq and winogrande: the harness reports acc only
+        "acc_norm_stderr": number("acc_norm_stderr"),
         "num_items": len(records),
     }
     if return_loglikelihoods:

@@ -18,7 +18,7 @@ import inspect
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,16 @@ from torch import nn
 from ..data import prepended_bos_id
 from .tasks import MultipleChoiceItem, get_task, load_task_records
 
-__all__ = ["BACKENDS", "loglikelihoods", "mean_stderr", "score_items", "tokenize_request", "zero_shot"]
+__all__ = [
+    "BACKENDS",
+    "loglikelihoods",
+    "mean_stderr",
+    "resolve_backend",
+    "score_items",
+    "score_tasks",
+    "tokenize_request",
+    "zero_shot",
+]
 
 BACKENDS = ("auto", "native", "lm-eval")
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's when the config states no limit
@@ -51,7 +60,10 @@ def tokenize_request(tokenizer: Any, context: str, continuation: str) -> tuple[l
 def _max_length(model: nn.Module) -> int:
     from ..architectures import get_decoder_config
 
-    config = get_decoder_config(model)
+    try:
+        config = get_decoder_config(model)
+    except AttributeError:  # not a transformers model
+        return DEFAULT_MAX_LENGTH
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
@@ -168,6 +180,48 @@ def _native(model, tokenizer, task, records, *, batch_size: int, show_progress: 
     return score_items(items, scores)
 
 
+def resolve_backend(backend: str) -> str:
+    """``"auto"`` -> ``"lm-eval"`` when lm-evaluation-harness is installed, else ``"native"``."""
+    from .lm_eval_backend import lm_eval_available
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "lm-eval" if lm_eval_available() else "native"
+    return backend
+
+
+def score_tasks(
+    model: nn.Module,
+    tokenizer: Any,
+    loaded: Mapping[str, tuple[list[dict[str, Any]], str]],
+    *,
+    batch_size: int = 8,
+    backend: str = "auto",
+    show_progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Score already loaded task records (task name -> (records, source)); see ``zero_shot``."""
+    from .lm_eval_backend import lm_eval_zero_shot
+
+    backend = resolve_backend(backend)
+    results = {}
+    for name, (records, source) in loaded.items():
+        task = get_task(name)
+        start = time.perf_counter()
+        if backend == "lm-eval":
+            metrics = lm_eval_zero_shot(model, tokenizer, task, records, batch_size=batch_size)
+        else:
+            metrics = _native(model, tokenizer, task, records, batch_size=batch_size, show_progress=show_progress)
+        results[name] = {
+            **metrics,
+            "source": source,
+            "backend": backend,
+            "harness_metrics": list(task.harness_metrics),
+            "seconds": time.perf_counter() - start,
+        }
+    return results
+
+
 def zero_shot(
     model: nn.Module,
     tokenizer: Any,
@@ -188,31 +242,13 @@ def zero_shot(
     same records; ``pip install 'optimum-shapley[eval]'``), ``"auto"``: lm-eval when installed, else native (the two
     agree to float precision: tests/test_zeroshot.py).
 
-    Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "num_items", "source", ...}}``.
+    Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "num_items", "source", "backend",
+    "harness_metrics", "seconds"}}``; the standard errors are None for a single item.
     """
     if isinstance(tasks, str):
         tasks = [tasks]
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    from .lm_eval_backend import lm_eval_available, lm_eval_zero_shot
-
-    if backend == "auto":
-        backend = "lm-eval" if lm_eval_available() else "native"
     specs = [get_task(name) for name in tasks]  # unknown names fail before any data is read
     loaded = {spec.name: load_task_records(spec, data_dir, limit) for spec in specs}  # bad data fails before scoring
-    results = {}
-    for spec in specs:
-        records, source = loaded[spec.name]
-        start = time.perf_counter()
-        if backend == "lm-eval":
-            metrics = lm_eval_zero_shot(model, tokenizer, spec, records, batch_size=batch_size)
-        else:
-            metrics = _native(model, tokenizer, spec, records, batch_size=batch_size, show_progress=show_progress)
-        results[spec.name] = {
-            **metrics,
-            "source": source,
-            "backend": backend,
-            "harness_metrics": list(spec.harness_metrics),
-            "seconds": time.perf_counter() - start,
-        }
-    return results
+    return score_tasks(model, tokenizer, loaded, batch_size=batch_size, backend=backend, show_progress=show_progress)
