@@ -158,7 +158,12 @@ def evaluation_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str]
         rows.append([f"{name} perplexity ({first['num_windows']} x {first['seq_length']} tokens)", *cells])
     task_names = [task for label in labels for task in results[label].get("zero_shot", {})]
     for task in dict.fromkeys(task_names):
-        for metric in ("acc", "acc_norm"):
+        reported = next(
+            results[label]["zero_shot"][task].get("harness_metrics")
+            for label in labels
+            if task in results[label]["zero_shot"]
+        )
+        for metric in reported or ("acc", "acc_norm"):  # what lm-eval reports for the task (boolq: acc only)
             cells = []
             for label in labels:
                 scores = results[label].get("zero_shot", {}).get(task)
@@ -205,16 +210,18 @@ def describe_protocol(protocol: Mapping[str, Any]) -> str:
         windows = f"the first {protocol['max_windows']} " if protocol.get("max_windows") else ""
         sources = protocol.get("perplexity_sources") or {}
         read = ", ".join(f"{name}: `{os.path.basename(str(source))}`" for name, source in sources.items())
+        c4 = (
+            " (C4: SparseGPT's first 1,100 documents joined by a space, at most 256 windows)" if "c4" in sources else ""
+        )
         parts.append(
-            f"Perplexity: documents joined with a blank line (C4: a space, SparseGPT's 1,100 documents / 256 "
-            f"windows), {windows}non-overlapping {protocol.get('seq_length')}-token windows (BOS first where the "
-            f"tokenizer adds one), every predicted token weighted equally ({read})."
+            f"Perplexity: documents joined with `\\n\\n`{c4}, {windows}non-overlapping {protocol.get('seq_length')}-token "
+            f"windows (BOS first where the tokenizer adds one), every predicted token weighted equally ({read})."
         )
     if protocol.get("tasks"):
         limit = f"the first {protocol['limit']} items of each task" if protocol.get("limit") else "every item"
         parts.append(
             "Zero-shot accuracy with lm-evaluation-harness's prompts and scoring (summed continuation "
             "log-likelihood; acc_norm divides it by the choice's length in characters; ± is the standard error), "
-            f"on {limit}; backend `{protocol.get('backend')}`. lm-eval reports acc only for boolq and winogrande."
+            f"on {limit}; backend `{protocol.get('backend')}`."
         )
     return " ".join(parts)

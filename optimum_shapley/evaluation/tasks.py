@@ -34,7 +34,7 @@ __all__ = [
     "MultipleChoiceItem",
     "TaskDataError",
     "ZeroShotTask",
-    "find_task_file",
+    "find_task_files",
     "get_task",
     "load_task_records",
     "register_task",
@@ -98,7 +98,7 @@ def _task_folders(data_dir: str, name: str) -> list[str]:
     return [os.path.join(data_dir, "zeroshot", name), os.path.join(data_dir, name)]
 
 
-def find_task_file(task: ZeroShotTask, data_dir: str | os.PathLike) -> list[str]:
+def find_task_files(task: ZeroShotTask, data_dir: str | os.PathLike) -> list[str]:
     """Paths of the first complete set of ``task.files`` under ``data_dir/zeroshot/<task>`` or ``data_dir/<task>``
     (searched recursively, so unpacked release archives work as they are)."""
     data_dir = os.fspath(data_dir)
@@ -128,7 +128,7 @@ def load_task_records(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     if data_dir is not None:
-        paths = find_task_file(task, data_dir)
+        paths = find_task_files(task, data_dir)
         records, source = task.read(paths), " + ".join(paths)
     else:
         records, source = _load_hub(task), "/".join(p for p in task.hub if p)
