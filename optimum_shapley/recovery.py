@@ -356,19 +356,24 @@ def recover(
         requested = lora_config.target_modules
         set_seed(seed)
         peft_model = get_peft_model(model, lora_config)
-        trainable, _ = peft_model.get_nb_trainable_parameters()
-        trainer = Trainer(
-            model=peft_model,
-            args=args,
-            train_dataset=blocks,
-            data_collator=default_data_collator,  # blocks are full length: no padding, labels = input_ids
-        )
-        if not show_progress:
-            trainer.remove_callback(PrinterCallback)
-            trainer.remove_callback(ProgressCallback)
-        output = trainer.train()
-        state = trainer.state
-        del trainer
+        try:
+            trainable, _ = peft_model.get_nb_trainable_parameters()
+            trainer = Trainer(
+                model=peft_model,
+                args=args,
+                train_dataset=blocks,
+                data_collator=default_data_collator,  # blocks are full length: no padding, labels = input_ids
+            )
+            if not show_progress:
+                trainer.remove_callback(PrinterCallback)
+                trainer.remove_callback(ProgressCallback)
+            output = trainer.train()
+            state = trainer.state
+            del trainer
+        except BaseException:
+            peft_model.unload()  # a failed or interrupted run leaves the model as it was, with no LoRA layers
+            model.train(was_training)
+            raise
 
     history = [[float(entry["step"]), float(entry["loss"])] for entry in state.log_history if "loss" in entry]
     steps = int(state.global_step)

@@ -246,6 +246,17 @@ def test_recover_bad_input(tokenizer, tmp_path):
     assert not [name for name, _ in model.named_modules() if "lora" in name]  # nothing was attached
 
 
+def test_failed_training_leaves_the_model_as_it_was(tokenizer):
+    model = tiny_model("llama")
+    inputs = tiny_inputs()
+    before = _logits(model, inputs)
+    out_of_vocabulary = torch.full((4, 8), 10_000)  # the embedding lookup fails on the first step
+    with pytest.raises((IndexError, RuntimeError)):
+        recover(model, tokenizer, out_of_vocabulary, max_steps=2, batch_size=2, show_progress=False)
+    assert not [name for name, _ in model.named_modules() if "lora" in name]
+    assert torch.equal(_logits(model, inputs), before)
+
+
 def test_registered_with_optimum_cli():
     """The repository's optimum-cli registration file offers `shapley recover` with the same options."""
     path = os.path.join(os.path.dirname(__file__), "..", "optimum", "commands", "register", "register_shapley.py")
