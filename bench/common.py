@@ -51,6 +51,7 @@ class BenchModel:
     fingerprint: str
     batch_size: int = 8
     info: dict = field(default_factory=dict)
+    _ppl: dict = field(default_factory=dict, repr=False)
 
     def evaluator(self, cache_dir: str) -> MaskEvaluator:
         """A mask evaluator on the calibration blocks whose results persist in ``cache_dir``."""
@@ -62,12 +63,18 @@ class BenchModel:
         return MaskEvaluator(self.model, batches, cache=cache, show_progress=False)
 
     def wikitext_ppl(self, removed: list[int] | None = None) -> float:
-        """WikiText-2 perplexity of the model without ``removed`` layers (the dense model when None)."""
-        if not removed:
-            return perplexity_of_windows(self.model, self.windows, self.batch_size)
-        kept = [i for i in range(self.depth) if i not in set(removed)]
-        with LayerMask(self.model, kept):
-            return perplexity_of_windows(self.model, self.windows, self.batch_size)
+        """WikiText-2 perplexity of the model without ``removed`` layers (the dense model when None).
+
+        Remembered per removed set: methods that agree on a cell (SLEB and angular distance often do) share one
+        evaluation, which is the same forward pass on the same windows.
+        """
+        key = tuple(sorted(removed or ()))
+        if key not in self._ppl and not key:
+            self._ppl[key] = perplexity_of_windows(self.model, self.windows, self.batch_size)
+        elif key not in self._ppl:
+            with LayerMask(self.model, [i for i in range(self.depth) if i not in set(key)]):
+                self._ppl[key] = perplexity_of_windows(self.model, self.windows, self.batch_size)
+        return self._ppl[key]
 
 
 def data_paths(data_dir: str) -> tuple[str, str]:
