@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,12 +70,18 @@ class BenchModel:
         evaluation, which is the same forward pass on the same windows.
         """
         key = tuple(sorted(removed or ()))
-        if key not in self._ppl and not key:
-            self._ppl[key] = perplexity_of_windows(self.model, self.windows, self.batch_size)
-        elif key not in self._ppl:
-            with LayerMask(self.model, [i for i in range(self.depth) if i not in set(key)]):
+        if key not in self._ppl:
+            kept = [i for i in range(self.depth) if i not in key]
+            with LayerMask(self.model, kept) if key else nullcontext():
                 self._ppl[key] = perplexity_of_windows(self.model, self.windows, self.batch_size)
         return self._ppl[key]
+
+
+def report_markdown(output_dir: str, name: str, table: str, note: str) -> None:
+    """Print a bench's table and note, and write them to ``output_dir/name.md``."""
+    print("\n" + table + "\n\n" + note)
+    with open(os.path.join(output_dir, f"{name}.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n\n" + note + "\n")
 
 
 def data_paths(data_dir: str) -> tuple[str, str]:

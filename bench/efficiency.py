@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import DEFAULT_DATA_DIR, ROOT, data_paths, load_bench_model  # noqa: E402
+from common import DEFAULT_DATA_DIR, ROOT, data_paths, load_bench_model, report_markdown  # noqa: E402
 
 from optimum_shapley import ShapleyPruningConfig  # noqa: E402
 from optimum_shapley.criteria import select_layers  # noqa: E402
@@ -156,9 +156,7 @@ def main() -> None:
         f"calibration {args.num_samples} x 128 tokens of c4_demo.json (seed 0); "
         f"{'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
     )
-    print("\n" + table + "\n\n" + note)
-    with open(os.path.join(args.output_dir, "efficiency.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n\n" + note + "\n")
+    report_markdown(args.output_dir, "efficiency", table, note)
     plot(rows, dense, os.path.join(args.output_dir, "efficiency.png"))
     info = {"quick": args.quick, "eval_windows": args.eval_windows, "num_samples": args.num_samples}
     info.update(seconds=total, torch=torch.__version__, cpus=os.cpu_count(), machine=platform.machine(), models=meta)

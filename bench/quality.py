@@ -29,7 +29,7 @@ import torch  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from common import DEFAULT_DATA_DIR, data_paths, load_bench_model  # noqa: E402
+from common import DEFAULT_DATA_DIR, data_paths, load_bench_model, report_markdown  # noqa: E402
 
 from optimum_shapley import ShapleyPruningConfig  # noqa: E402
 from optimum_shapley.criteria import METHODS, select_layers  # noqa: E402
@@ -182,12 +182,7 @@ def main() -> None:
         f"calibration {args.num_samples} x 128 tokens of c4_demo.json (seed 0); shapley mask budget {args.num_masks}; "
         f"{'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
     )
-    print()
-    print(table)
-    print()
-    print(note)
-    with open(os.path.join(args.output_dir, "quality.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n\n" + note + "\n")
+    report_markdown(args.output_dir, "quality", table, note)
     plot(rows, dense, os.path.join(args.output_dir, "quality.png"))
     with open(os.path.join(args.output_dir, "quality.json"), "w", encoding="utf-8") as f:
         info = {"quick": args.quick, "eval_windows": args.eval_windows, "num_samples": args.num_samples}

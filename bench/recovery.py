@@ -30,6 +30,7 @@ import torch  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
+from common import report_markdown  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, load_causal_lm  # noqa: E402
@@ -162,12 +163,7 @@ def main() -> None:
         f"{'--quick; ' if args.quick else ''}Whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs "
         f"(pruning {timings['prune'] / 60:.1f} min with {result.num_cached_evaluations} cached mask evaluations)."
     )
-    print()
-    print(text)
-    print()
-    print(note)
-    with open(os.path.join(args.output_dir, "recovery.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n\n" + note + "\n")
+    report_markdown(args.output_dir, "recovery", text, note)
     with open(os.path.join(args.output_dir, "recovery.json"), "w", encoding="utf-8") as f:
         meta = {
             "model": MODEL,
