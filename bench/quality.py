@@ -3,12 +3,17 @@
     python bench/quality.py            # SmolLM2-135M (remove 6, 10 of 30) and Gemma-3-270M (remove 4, 6 of 18)
     python bench/quality.py --quick    # SmolLM2-135M, remove 6, smaller calibration, eval and mask budget
 
-Calibration: 10 x 128 tokens of ../shared/data/calibration/c4_demo.json (seed 0), the same blocks for every method.
+Calibration: 128-token blocks of ../shared/data/calibration/c4_demo.json (seed 0), the same blocks for every method:
+10 for SmolLM2, 5 for Gemma-3 (its 262k-token vocabulary makes one evaluation of 10 blocks cost ~7 s here, and the
+Gemma-3 cells need ~430 distinct masks over all methods: 10 blocks would not fit the bench in 90 minutes).
 Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted; a
 fixed prefix of --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3; the whole set is ~2,400 windows,
 ~10 min per SmolLM2 evaluation here).
-Each (model, method) has its own evaluation cache shared by that method's cells: "evaluations" is what the method
-needs (its real cost, cache or not); "run" is what this bench actually executed.
+Each model has one mask-evaluation cache shared by every method and cell (the evaluations are deterministic, so a
+mask SLEB and ``shapley`` both ask for is run once). "evaluations" is what the method needs (its real cost, cache or
+not); "run" is what this bench actually executed for it; "selection s" is the method's time as if it ran alone:
+its measured time plus, for every mask another method had already evaluated, the seconds that evaluation took.
+"calibration ppl" is the perplexity of the chosen layers on the calibration blocks: what the methods optimise.
 Writes bench/results/quality.json, bench/results/quality.md and bench/results/quality.png.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -36,6 +42,7 @@ from optimum_shapley.criteria import METHODS, select_layers  # noqa: E402
 
 CELLS = {"smollm2-135m": [6, 10], "gemma3-270m": [4, 6]}
 EVAL_WINDOWS = {"smollm2-135m": 128, "gemma3-270m": 64}
+CALIBRATION_BLOCKS = {"smollm2-135m": 10, "gemma3-270m": 5}
 """WikiText-2 windows per model: a Gemma-3 window costs about 4x a SmolLM2 one (262k-token vocabulary head)."""
 
 
@@ -52,7 +59,12 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="WikiText-2 windows (default per model: SmolLM2 128, Gemma-3 64; quick 32)",
     )
-    parser.add_argument("--num-samples", type=int, default=None, help="calibration blocks (default 10; quick 4)")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="calibration blocks (default per model: SmolLM2 10, Gemma-3 5; quick 4)",
+    )
     parser.add_argument(
         "--num-masks",
         type=int,
@@ -66,7 +78,8 @@ def parse_args() -> argparse.Namespace:
     args.methods = args.methods.split(",")
     if args.quick and args.eval_windows is None:
         args.eval_windows = 32
-    args.num_samples = args.num_samples or (4 if args.quick else 10)
+    if args.quick and args.num_samples is None:
+        args.num_samples = 4
     args.num_masks = args.num_masks or (64 if args.quick else ShapleyPruningConfig(num_layers_to_remove=1).num_masks)
     return args
 
@@ -109,19 +122,24 @@ def main() -> None:
     cache_root = os.path.join(args.output_dir, "quality-cache")
     shutil.rmtree(cache_root, ignore_errors=True)  # every bench run measures from scratch
 
-    rows, dense, meta = [], {}, {}
+    rows, dense, calib_dense, meta = [], {}, {}, {}
     bench_start = time.perf_counter()
     for alias in args.models:
         eval_windows = args.eval_windows or EVAL_WINDOWS.get(alias, 128)
-        bench = load_bench_model(alias, args.data_dir, args.num_samples, eval_windows, args.batch_size)
+        num_samples = args.num_samples or CALIBRATION_BLOCKS.get(alias, 10)
+        bench = load_bench_model(alias, args.data_dir, num_samples, eval_windows, args.batch_size)
         t = time.perf_counter()
         dense[alias] = bench.wikitext_ppl()
+        dense_seconds = time.perf_counter() - t
+        cache_dir = os.path.join(cache_root, alias)
+        calib_dense[alias] = math.exp(bench.evaluator(cache_dir)(list(range(bench.depth))).mean_nll)
         meta[alias] = {
             "depth": bench.depth,
             "eval_windows": len(bench.windows),
+            "calibration_blocks": num_samples,
             "eval_tokens": int(bench.windows.numel()),
             "wikitext_windows_total": bench.total_windows,
-            "dense_eval_seconds": time.perf_counter() - t,
+            "dense_eval_seconds": dense_seconds,
         }
         print(
             f"{alias}: {bench.depth} layers, dense WikiText-2 ppl {dense[alias]:.2f} on "
@@ -129,17 +147,21 @@ def main() -> None:
             flush=True,
         )
         for method in args.methods:
-            cache_dir = os.path.join(cache_root, alias, method)
             cells = [CELLS[alias][0]] if args.quick else CELLS[alias]
             for removed in [int(r) for r in args.removed.split(",")] if args.removed else cells:
                 evaluator = bench.evaluator(cache_dir)
+                reusable = {e.mask: e.seconds for e in evaluator.cache.evaluations()}
                 options = {}
                 if method.startswith("shapley"):
                     options["config"] = ShapleyPruningConfig(
-                        num_layers_to_remove=removed, num_masks=args.num_masks, seed=0, num_samples=args.num_samples
+                        num_layers_to_remove=removed, num_masks=args.num_masks, seed=0, num_samples=num_samples
                     )
                 choice = select_layers(method, evaluator, removed, seed=0, **options)
+                reused = sum(reusable[k] for k in set(evaluator.requests) if k in reusable)
+                run = evaluator.num_run
                 ppl = bench.wikitext_ppl(choice.removed_layers)
+                kept = [i for i in range(bench.depth) if i not in choice.removed_layers]
+                calibration_ppl = math.exp(min(evaluator(kept).mean_nll, 700.0))  # after selection: not charged
                 fit = choice.details.get("surrogate_fit")
                 row = {
                     "model": alias,
@@ -147,14 +169,17 @@ def main() -> None:
                     "method": method,
                     "removed_layers": choice.removed_layers,
                     "wikitext2_ppl": ppl,
+                    "calibration_ppl": calibration_ppl,
                     "evaluations": choice.num_model_evaluations,
-                    "run": evaluator.num_run,
-                    "selection_seconds": choice.seconds,
+                    "run": run,
+                    "selection_seconds": choice.seconds + reused,
+                    "measured_seconds": choice.seconds,
                     "surrogate_validation_r2": fit.validation_r2 if fit is not None else None,
                 }
                 rows.append(row)
                 print(
-                    f"  remove {removed:>2} {method:<16} ppl {ppl:>10.2f}  evals {row['evaluations']:>4} "
+                    f"  remove {removed:>2} {method:<16} ppl {ppl:>10.2f} (calib {calibration_ppl:>10.2f})  "
+                    f"evals {row['evaluations']:>4} "
                     f"(run {row['run']:>4})  {row['selection_seconds']:>7.1f} s  layers {choice.removed_layers}",
                     flush=True,
                 )
@@ -162,24 +187,26 @@ def main() -> None:
 
     total = time.perf_counter() - bench_start
     lines = [
-        "| model | removed | method | WikiText-2 ppl | x dense | model evaluations | selection s | removed layers |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
+        "| model | removed | method | WikiText-2 ppl | x dense | calibration ppl | model evaluations | selection s "
+        "| removed layers |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for alias in args.models:
-        lines.append(f"| {alias} | 0 | dense | {dense[alias]:.2f} | 1.00 | 0 | 0 | - |")
+        lines.append(f"| {alias} | 0 | dense | {dense[alias]:.2f} | 1.00 | {calib_dense[alias]:.2f} | 0 | 0 | - |")
         for r in (r for r in rows if r["model"] == alias):
             best = min(x["wikitext2_ppl"] for x in rows if (x["model"], x["removed"]) == (alias, r["removed"]))
             ppl = f"**{r['wikitext2_ppl']:.2f}**" if r["wikitext2_ppl"] == best else f"{r['wikitext2_ppl']:.2f}"
             lines.append(
                 f"| {alias} | {r['removed']} | {r['method']} | {ppl} | {r['wikitext2_ppl'] / dense[alias]:.2f} | "
-                f"{r['evaluations']} | {r['selection_seconds']:.1f} | {', '.join(map(str, r['removed_layers']))} |"
+                f"{r['calibration_ppl']:.2f} | {r['evaluations']} | {r['selection_seconds']:.1f} | {', '.join(map(str, r['removed_layers']))} |"
             )
     table = "\n".join(lines)
     note = (
         "WikiText-2 perplexity on the first "
         + ", ".join(f"{meta[a]['eval_windows']} ({a})" for a in args.models)
-        + " non-overlapping 128-token windows of the raw test set; "
-        f"calibration {args.num_samples} x 128 tokens of c4_demo.json (seed 0); shapley mask budget {args.num_masks}; "
+        + " non-overlapping 128-token windows of the raw test set; calibration "
+        + ", ".join(f"{meta[a]['calibration_blocks']} ({a})" for a in args.models)
+        + f" x 128 tokens of c4_demo.json (seed 0); shapley mask budget {args.num_masks}; "
         f"{'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
     )
     report_markdown(args.output_dir, "quality", table, note)
@@ -188,7 +215,7 @@ def main() -> None:
         info = {"quick": args.quick, "eval_windows": args.eval_windows, "num_samples": args.num_samples}
         info.update(num_masks=args.num_masks, seconds=total, torch=torch.__version__, cpus=os.cpu_count())
         info.update(machine=platform.machine(), models=meta)
-        json.dump({"meta": info, "dense": dense, "rows": rows}, f, indent=2)
+        json.dump({"meta": info, "dense": dense, "calibration_dense": calib_dense, "rows": rows}, f, indent=2)
     print(f"wrote {args.output_dir}/quality.{{json,md,png}}")
 
 

@@ -16,7 +16,14 @@ import torch
 
 from .sampling import mask_to_key
 
-__all__ = ["greedy_elimination", "propose_kept_sets", "surrogate_predictor", "swap_local_search", "swap_neighbours"]
+__all__ = [
+    "greedy_elimination",
+    "propose_kept_sets",
+    "surrogate_predictor",
+    "swap_local_search",
+    "swap_neighbours",
+    "two_swap_neighbours",
+]
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, L) bool -> (N,) predicted utility
 
@@ -69,6 +76,23 @@ def swap_neighbours(mask: np.ndarray) -> np.ndarray:
     return trial
 
 
+def two_swap_neighbours(predict: Predictor, mask: np.ndarray, width: int = 32) -> np.ndarray:
+    """Kept sets two swaps away from ``mask``, reached through its ``width`` best single swaps (predicted).
+
+    A pair of layers can be worth keeping only together, so the best set is often two swaps from a good one while
+    every single swap looks worse. All two-swap sets number ``C(k,2) C(L-k,2)`` (millions on deep models); a beam of
+    ``width`` single swaps keeps the pool at ``width k (L-k)`` rows.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    first = swap_neighbours(mask)
+    if len(first) == 0:
+        return first
+    beam = first[np.argsort(-predict(first), kind="stable")[:width]]
+    second = np.concatenate([swap_neighbours(m) for m in beam])
+    far = (second != mask).sum(axis=1) == 4  # drop the way back and the single swaps
+    return np.unique(second[far], axis=0)
+
+
 def propose_kept_sets(
     predict: Predictor,
     num_layers: int,
@@ -83,8 +107,8 @@ def propose_kept_sets(
     Two sources share the slots. Exploration: local optima of the surrogate reached from greedy elimination and from
     each start, and their single-swap neighbours (the runners-up the surrogate may misjudge), best predicted first.
     Exploitation: with an ``anchor`` (the best set verified so far), half the slots go to its most promising
-    single-swap neighbours, so the real model also does a local search around what it has confirmed, where a
-    surrogate fitted on the whole space is least precise.
+    neighbours one or two swaps away, so the real model also does a local search around what it has confirmed,
+    where a surrogate fitted on the whole space is least precise.
     """
     pool: dict[str, np.ndarray] = {}
 
@@ -111,9 +135,11 @@ def propose_kept_sets(
         for i in np.argsort(-scores, kind="stable")[:limit]:
             chosen[keys[i]] = candidates[keys[i]]
 
+    near: dict[str, np.ndarray] = {}
     if anchor is not None and np.asarray(anchor).sum() == kept_count:
-        take({mask_to_key(m): m for m in swap_neighbours(anchor)}, count // 2)
+        for m in (*swap_neighbours(anchor), *two_swap_neighbours(predict, anchor)):
+            near.setdefault(mask_to_key(m), m)
+    take(near, count // 2)
     take(pool, count - len(chosen))
-    if len(chosen) < count and anchor is not None:  # exploration ran dry: fill from the anchor's neighbourhood
-        take({mask_to_key(m): m for m in swap_neighbours(anchor)}, count - len(chosen))
+    take(near, count - len(chosen))  # exploration ran dry: fill from the anchor's neighbourhood
     return list(chosen.values())

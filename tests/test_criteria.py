@@ -76,9 +76,21 @@ def test_shapley_cost_is_its_masks_plus_verified_candidates():
     verified = sum(r["verified"] for r in result.details["search"])
     assert result.num_model_evaluations == len(result.details["masks"]) == 30 + verified
     assert result.details["search"][0]["phase"] == "screened elimination"
-    assert 0 < verified <= (8 + 7) + 4 * 8  # elimination: all 8 single removals, then at most 7; then <= 4 rounds
+    # elimination: all 8 single removals, then at most 7, plus the leave-one-out set; then <= 4 rounds of 8
+    assert 0 < verified <= (8 + 7 + 1) + 4 * 8
     single_removals = {"1" * i + "0" + "1" * (7 - i) for i in range(8)}
     assert single_removals <= set(result.details["masks"])  # the first step evaluates every single removal
+
+
+def test_search_verifies_the_leave_one_out_set():
+    result = select_layers(
+        "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
+    )
+    nll = dict(zip(result.details["masks"], result.details["mean_nll"]))
+    alone = sorted(range(8), key=lambda i: (nll["1" * i + "0" + "1" * (7 - i)], i))
+    leave_one_out = "".join("0" if i in alone[:2] else "1" for i in range(8))
+    assert leave_one_out in nll  # the ppl criterion's choice is always among the verified sets
+    assert nll[leave_one_out] >= min(n for m, n in nll.items() if m.count("1") == 6)
 
 
 def test_search_removes_the_best_verified_kept_set():

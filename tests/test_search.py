@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimum_shapley.search import greedy_elimination, propose_kept_sets, swap_local_search, swap_neighbours
+from optimum_shapley.search import (
+    greedy_elimination,
+    propose_kept_sets,
+    swap_local_search,
+    swap_neighbours,
+    two_swap_neighbours,
+)
 
 WEIGHTS = np.array([0.9, 0.1, 0.5, 0.05, 0.7, 0.3, 0.2, 0.8])
 OPTIMUM = np.argsort(WEIGHTS)[3:]  # keep the 5 heaviest
@@ -38,14 +44,33 @@ def test_proposals_are_distinct_of_the_target_size_best_first_and_exclude_known_
     assert proposals[0][1] and proposals[0][3]  # the interacting pair is kept in the best proposal
 
 
-def test_anchor_neighbours_take_half_the_slots_and_all_are_one_swap_away():
+def test_anchor_neighbours_take_half_the_slots_and_are_one_or_two_swaps_away():
     anchor = np.zeros(8, dtype=bool)
     anchor[[0, 2, 4, 6, 7]] = True
     proposals = propose_kept_sets(additive, 8, 5, [], exclude=set(), count=6, anchor=anchor)
     assert len(proposals) == 6
-    near = [p for p in proposals if (p != anchor).sum() == 2]
-    assert len(near) >= 3  # half of the slots go to the anchor's single-swap neighbours
+    near = [p for p in proposals if (p != anchor).sum() in (2, 4)]
+    assert len(near) >= 3  # half of the slots go to the anchor's neighbours
     assert all(p.sum() == 5 for p in proposals)
+
+
+def test_two_swaps_reach_a_pair_that_no_single_swap_improves():
+    """Layers 1 and 3 are worth keeping only together: from a set without both, every single swap is worse."""
+    anchor = np.zeros(8, dtype=bool)
+    anchor[[0, 2, 4, 5, 7]] = True
+    assert interacting(swap_neighbours(anchor)).max() < interacting(anchor[None])[0]
+    pair = np.zeros(8, dtype=bool)
+    pair[[0, 1, 3, 4, 7]] = True  # 2 and 5 out, 1 and 3 in
+    assert interacting(pair[None])[0] > interacting(anchor[None])[0]
+    far = two_swap_neighbours(interacting, anchor, width=3)
+    assert any((n == pair).all() for n in far)
+
+
+def test_two_swap_neighbours_are_exactly_two_swaps_away_and_distinct():
+    mask = np.array([True, True, False, True, False, True, False])
+    far = two_swap_neighbours(lambda m: m.astype(float) @ np.arange(7.0), mask, width=64)
+    assert all(n.sum() == 4 and (n != mask).sum() == 4 for n in far)
+    assert len({n.tobytes() for n in far}) == len(far) == 6 * 3  # C(4,2) kept pairs x C(3,2) removed pairs
 
 
 def test_swap_neighbours_of_a_mask():

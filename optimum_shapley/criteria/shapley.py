@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import ShapleyPruningConfig
 from ..evaluation import MaskEvaluator, utilities_from_nll
-from ..sampling import key_to_mask, sample_masks
+from ..sampling import key_to_mask, mask_to_key, sample_masks
 from ..search import propose_kept_sets, surrogate_predictor
 from ..shapley import estimate_contributions
 from ..surrogate import ShapleySurrogate, train_surrogate
@@ -137,8 +137,13 @@ class ShapleyCriterion(LayerCriterion):
         Later steps evaluate only a screen: the ``search_candidates`` removals the surrogate ranks best, plus the
         ``search_candidates`` layers whose removal cost least at the previous step (a layer that was nearly free to
         drop usually still is). On SmolLM2 the previous step's real top 8 held the next step's best layer at every
-        step of a full SLEB run, while the surrogate, trained on random masks, cannot rank near-optimal sets."""
+        step of a full SLEB run, while the surrogate, trained on random masks, cannot rank near-optimal sets.
+
+        Also returns the leave-one-out set (the ``target``-complement layers whose lone removal cost least at the first
+        step: Shortened-LLaMA's choice), a second start that costs one evaluation: on Gemma-3-270M, remove 6, it
+        beat the elimination's set by two swaps."""
         known = {e.mask for e in evaluations}
+        leave_one_out = None
         mask = np.ones(evaluator.num_layers, dtype=bool)
         verified = 0
         fit, utilities = None, None
@@ -158,10 +163,18 @@ class ShapleyCriterion(LayerCriterion):
             verified += sum(e.mask not in known for e in new)
             loss = [e.mean_nll if math.isfinite(e.mean_nll) else math.inf for e in new]
             order = np.argsort(loss, kind="stable")
+            if leave_one_out is None:  # the first step evaluated every single-layer removal
+                leave_one_out = np.ones(evaluator.num_layers, dtype=bool)
+                leave_one_out[[int(kept[rows[i]]) for i in order[: len(mask) - target]]] = False
             previous = [int(kept[rows[i]]) for i in order[1:]]
             mask = key_to_mask(new[int(order[0])].mask)
             evaluations = evaluations + [e for e in new if e.mask not in known]
             known.update(e.mask for e in new)
+            surrogate, fit, utilities = self._fit(config, evaluations, strata, metadata)
+        if leave_one_out is not None and mask_to_key(leave_one_out) not in known:
+            new = evaluator.evaluate_all([leave_one_out], desc="Verifying the leave-one-out set")
+            verified += 1
+            evaluations = evaluations + new
             surrogate, fit, utilities = self._fit(config, evaluations, strata, metadata)
         return evaluations, surrogate, fit, utilities, verified
 
