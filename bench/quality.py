@@ -4,8 +4,7 @@
     python bench/quality.py --quick    # SmolLM2-135M, remove 6, smaller calibration, eval and mask budget
 
 Calibration: 128-token blocks of ../shared/data/calibration/c4_demo.json (seed 0), the same blocks for every method:
-10 for SmolLM2, 5 for Gemma-3 (its 262k-token vocabulary makes one evaluation of 10 blocks cost ~7 s here, and the
-Gemma-3 cells need ~430 distinct masks over all methods: 10 blocks would not fit the bench in 90 minutes).
+10 for SmolLM2, 5 for Gemma-3 (``common.CALIBRATION_BLOCKS`` says why).
 Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted; a
 fixed prefix of --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3; the whole set is ~2,400 windows,
 ~10 min per SmolLM2 evaluation here).
@@ -35,14 +34,13 @@ import torch  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from common import DEFAULT_DATA_DIR, data_paths, load_bench_model, report_markdown  # noqa: E402
+from common import CALIBRATION_BLOCKS, DEFAULT_DATA_DIR, data_paths, load_bench_model, report_markdown  # noqa: E402
 
 from optimum_shapley import ShapleyPruningConfig  # noqa: E402
 from optimum_shapley.criteria import METHODS, select_layers  # noqa: E402
 
 CELLS = {"smollm2-135m": [6, 10], "gemma3-270m": [4, 6]}
 EVAL_WINDOWS = {"smollm2-135m": 128, "gemma3-270m": 64}
-CALIBRATION_BLOCKS = {"smollm2-135m": 10, "gemma3-270m": 5}
 """WikiText-2 windows per model: a Gemma-3 window costs about 4x a SmolLM2 one (262k-token vocabulary head)."""
 
 
