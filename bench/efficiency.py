@@ -10,8 +10,8 @@ with ``sleb`` (cost fixed by the depth) as the reference line. Budgets are neste
 superset of a smaller one's masks) and each model has one mask cache shared by every run, so the bench pays for the
 largest budget, not for the sum; "evaluations" is what each run needs on its own. The protocol is the quality
 bench's (``bench/common.py``: 10 calibration blocks for SmolLM2, 5 for Gemma-3).
-Budgets are sized to fit 90 minutes here (SmolLM2 ~1.7 s, Gemma-3 ~4.6 s per evaluation): ``shapley-paper`` stops
-at 400 (SmolLM2) and 200 (Gemma-3) sampled masks, not the paper's 8,000 (3.7 and 10 hours here).
+Budgets are sized to fit 90 minutes here (SmolLM2 ~1.7 s, Gemma-3 ~3.1 s per evaluation): ``shapley-paper`` stops
+at 400 (SmolLM2) and 200 (Gemma-3) sampled masks, not the paper's 8,000 (3.7 and 6.9 hours here).
 Writes bench/results/efficiency.json, .md and .png.
 """
 

@@ -139,8 +139,8 @@ class ShapleyCriterion(LayerCriterion):
         drop usually still is). On SmolLM2 the previous step's real top 8 held the next step's best layer at every
         step of a full SLEB run, while the surrogate, trained on random masks, cannot rank near-optimal sets.
 
-        Also returns the leave-one-out set (the ``target``-complement layers whose lone removal cost least at the first
-        step: Shortened-LLaMA's choice), a second start that costs one evaluation: on Gemma-3-270M, remove 6, it
+        Also verifies the leave-one-out set (the layers whose lone removal cost least at the first step:
+        Shortened-LLaMA's choice), a second start that costs one evaluation: on Gemma-3-270M, remove 6, it
         beat the elimination's set by two swaps."""
         known = {e.mask for e in evaluations}
         leave_one_out = None
@@ -165,7 +165,7 @@ class ShapleyCriterion(LayerCriterion):
             order = np.argsort(loss, kind="stable")
             if leave_one_out is None:  # the first step evaluated every single-layer removal
                 leave_one_out = np.ones(evaluator.num_layers, dtype=bool)
-                leave_one_out[[int(kept[rows[i]]) for i in order[: len(mask) - target]]] = False
+                leave_one_out[lowest(loss, len(mask) - target)] = False  # exactly the `ppl` criterion's choice
             previous = [int(kept[rows[i]]) for i in order[1:]]
             mask = key_to_mask(new[int(order[0])].mask)
             evaluations = evaluations + [e for e in new if e.mask not in known]
