@@ -135,6 +135,15 @@ class ShapleyPruningConfig(PushToHubMixin):
     search_patience: int = field(
         default=1, metadata=_help("Search rounds in a row without a better verified set before the search stops.")
     )
+    # --- evaluation cost
+    share_prefixes: bool = field(
+        default=True,
+        metadata=_help(
+            "Evaluate each group of masks in trie order, starting every mask from the remembered hidden states of "
+            "the last kept layer it shares with the previous one (same numbers, about a third fewer decoder-layer "
+            "passes; holds one hidden-state tensor per kept layer and calibration batch)."
+        ),
+    )
     seed: int = field(default=42, metadata=_help("Seed for calibration sampling, masks, surrogate and estimator."))
 
     def __post_init__(self) -> None:

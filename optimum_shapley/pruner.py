@@ -143,7 +143,12 @@ class ShapleyLayerPruner(Trainer):
         return self.get_eval_dataloader(self.calibration_dataset)
 
     def mask_evaluator(self, cache: MaskEvaluationCache | None = None) -> MaskEvaluator:
-        """A ``MaskEvaluator`` over the Trainer's eval dataloader, evaluating through ``evaluate_mask``."""
+        """A ``MaskEvaluator`` over the Trainer's eval dataloader, evaluating through ``evaluate_mask``.
+
+        Groups of masks share their common kept-layer prefixes (``share_prefixes``) unless a subclass overrides
+        ``evaluate_mask``: then every mask goes through the override, one plain evaluation each."""
+        overridden = getattr(self.evaluate_mask, "__func__", None) is not _PLAIN_EVALUATE_MASK
+        share = self.pruning_config.share_prefixes and not overridden
         return MaskEvaluator(
             self.model,
             self._calibration_batches,
@@ -151,8 +156,9 @@ class ShapleyLayerPruner(Trainer):
             cache=cache,
             num_layers=self.num_layers,
             show_progress=not self.args.disable_tqdm and self.is_world_process_zero(),
-            run=lambda kept: self.evaluate_mask(kept),
+            run=None if share else (lambda kept: self.evaluate_mask(kept)),
             accelerator=self.accelerator,  # under `accelerate launch`, processes share the masks to evaluate
+            share_prefixes=share,
         )
 
     def evaluate_mask(self, keep: Any) -> MaskEvaluation:
@@ -339,3 +345,7 @@ class ShapleyLayerPruner(Trainer):
                 token=token,
                 commit_message=commit_message,
             )
+
+
+_PLAIN_EVALUATE_MASK = ShapleyLayerPruner.evaluate_mask
+"""What ``mask_evaluator`` compares against: a subclass or patch of ``evaluate_mask`` turns prefix sharing off."""

@@ -233,3 +233,23 @@ def test_peer_methods_through_the_pruner(tmp_path, method):
     assert f"`{method}` criterion" in card and f"method-{method}" in card
     assert "surrogate" not in os.listdir(out)
     assert ("layer_contributions.png" in os.listdir(os.path.join(out, "plots"))) == (method == "block-influence")
+
+
+def test_the_pruner_shares_prefixes_unless_told_or_overridden(tmp_path, monkeypatch):
+    assert _pruner(tmp_path).mask_evaluator().share_prefixes
+    assert not _pruner(tmp_path, share_prefixes=False).mask_evaluator().share_prefixes
+    pruner = _pruner(tmp_path)
+    pruner.evaluate_mask = lambda keep: None  # a user's own evaluation: every mask must go through it
+    assert not pruner.mask_evaluator().share_prefixes
+
+    class Custom(ShapleyLayerPruner):
+        def evaluate_mask(self, keep):
+            return super().evaluate_mask(keep)
+
+    custom = Custom(
+        model=tiny_model("llama"),
+        args=TrainingArguments(output_dir=str(tmp_path / "c"), report_to="none", disable_tqdm=True),
+        pruning_config=ShapleyPruningConfig(**{**FAST, "num_layers_to_remove": 2}),
+        processing_class=tiny_tokenizer(),
+    )
+    assert not custom.mask_evaluator().share_prefixes

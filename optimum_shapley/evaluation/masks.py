@@ -301,6 +301,7 @@ class MaskEvaluator:
         show_progress: bool = True,
         run: Callable[[list[int]], MaskEvaluation] | None = None,
         accelerator: Any = None,
+        share_prefixes: bool = True,
     ):
         from ..masking import num_decoder_layers
 
@@ -311,6 +312,8 @@ class MaskEvaluator:
         self.run = run or self.forward
         self.num_layers = num_layers if num_layers is not None else num_decoder_layers(model)
         self.show_progress = show_progress
+        # groups of masks run in trie order from remembered hidden states (plain forward passes only)
+        self.share_prefixes = share_prefixes and run is None
         self.num_run = 0
         self.num_cached = 0
         self.num_run_here = 0  # forward passes run by this process (num_run counts those of all processes)
@@ -384,11 +387,41 @@ class MaskEvaluator:
                 return [self(mask) for mask in masks]
             finally:
                 self._in_batch = False
+        if self.share_prefixes and len(masks) > 1:
+            return self._evaluate_sharing_prefixes(masks, desc)
         results = []
         with tqdm(total=len(masks), desc=desc, unit="mask", disable=not self.show_progress) as progress:
             for mask in masks:
                 results.append(self(mask))
                 progress.update(1)
+        return results
+
+    def _evaluate_sharing_prefixes(self, masks: list, desc: str) -> list[MaskEvaluation]:
+        """``evaluate_all`` in trie order, each run mask starting from the hidden states of the last common kept
+        layer with the previous one (``prefix_sharing.py``); same numbers as plain forwards, results in input order."""
+        from tqdm.auto import tqdm
+
+        from ..masking import kept_layers_from_mask
+        from .prefix_sharing import PrefixSharingRunner, trie_order
+
+        kept_sets = [kept_layers_from_mask(mask, self.num_layers) for mask in masks]
+        runner: PrefixSharingRunner | None = None
+
+        def run(kept: list[int]) -> MaskEvaluation:
+            nonlocal runner
+            if runner is None:  # the batches are read only when some mask is not cached
+                runner = PrefixSharingRunner(self.model, self.prepared_batches(), self.num_layers)
+            return runner(kept)
+
+        results: list[MaskEvaluation | None] = [None] * len(masks)
+        self.run = run
+        try:
+            with tqdm(total=len(masks), desc=desc, unit="mask", disable=not self.show_progress) as progress:
+                for index in trie_order(kept_sets, self.num_layers):
+                    results[index] = self(kept_sets[index])
+                    progress.update(1)
+        finally:
+            self.run = self.forward
         return results
 
     # ------------------------------------------------------------------------------------------------------------
