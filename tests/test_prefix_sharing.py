@@ -140,3 +140,31 @@ def test_an_interrupted_group_keeps_every_mask_it_finished(tmp_path, monkeypatch
     assert (resumed.num_cached, resumed.num_run) == (3, len(GROUP) - 3)
     plain = _evaluator(model, share=False).evaluate_all(GROUP)
     assert [r.nll_sum for r in results] == pytest.approx([p.nll_sum for p in plain], rel=1e-6)
+
+
+def test_a_mask_that_fails_midway_is_not_used_as_a_prefix(monkeypatch):
+    model = tiny_model("llama")
+    ids = torch.randint(3, VOCAB, (4, 12), generator=torch.Generator().manual_seed(0))
+    batches = list(DataLoader(CalibrationDataset(ids), batch_size=2, collate_fn=default_data_collator))
+    runner = PrefixSharingRunner(model, batches, DEPTH)
+    runner([0, 1, 2, 3, 4])
+    import optimum_shapley.evaluation.prefix_sharing as module
+
+    calls = {"n": 0}
+    original = module.token_nll
+
+    def second_batch_fails(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the first batch overwrote the remembered states
+            raise RuntimeError("out of memory")
+        return original(model, batch)
+
+    monkeypatch.setattr(module, "token_nll", second_batch_fails)
+    with pytest.raises(RuntimeError):
+        runner([0, 1, 5])
+    monkeypatch.setattr(module, "token_nll", original)
+    after = runner([0, 1, 2, 3, 5])
+    plain = _evaluator(model, share=False)
+    plain.batches = lambda: batches
+    assert after.nll_sum == pytest.approx(plain.forward([0, 1, 2, 3, 5]).nll_sum, rel=1e-6)
+    assert runner.layer_passes == 5 + 5  # nothing was trusted after the failure: the mask ran in full

@@ -93,6 +93,9 @@ class PrefixSharingRunner:
                     nll, count = token_nll(self.model, batch)
                     total += nll
                     tokens += count
+        except BaseException:
+            self._previous, self._states = None, [{} for _ in self.batches]  # half-written states: never reused
+            raise
         finally:
             for handle in handles:
                 handle.remove()
