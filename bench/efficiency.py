@@ -9,9 +9,10 @@ evaluations, counted) and for ``shapley-paper`` (the published configuration: ev
 with ``sleb`` (cost fixed by the depth) as the reference line. Budgets are nested (a larger ``num_masks`` draws a
 superset of a smaller one's masks) and each model has one mask cache shared by every run, so the bench pays for the
 largest budget, not for the sum; "evaluations" is what each run needs on its own. The protocol is the quality
-bench's (``bench/common.py``: 10 calibration blocks for SmolLM2, 5 for Gemma-3).
-Budgets are sized to fit 90 minutes here (SmolLM2 ~1.7 s, Gemma-3 ~3.1 s per evaluation): ``shapley-paper`` stops
-at 400 (SmolLM2) and 200 (Gemma-3) sampled masks, not the paper's 8,000 (3.7 and 6.9 hours here).
+bench's (``bench/common.py``: 10 calibration blocks per model).
+Budgets are sized to fit 90 minutes here (SmolLM2 ~1.7 s, Gemma-3 ~5.2 s per evaluation of 10 blocks, before the
+shared-prefix saving): ``shapley-paper`` stops at 400 (SmolLM2) and 200 (Gemma-3) sampled masks, not the paper's
+8,000 (3.8 and 11.6 hours here).
 Writes bench/results/efficiency.json, .md and .png.
 """
 
@@ -55,7 +56,7 @@ def parse_args() -> argparse.Namespace:
         "--num-samples",
         type=int,
         default=None,
-        help="calibration blocks (default per model: SmolLM2 10, Gemma-3 5; quick 4)",
+        help="calibration blocks (default 10 per model; quick 4)",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "bench", "results"))

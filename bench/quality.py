@@ -4,7 +4,7 @@
     python bench/quality.py --quick    # SmolLM2-135M, remove 6, smaller calibration, eval and mask budget
 
 Calibration: 128-token blocks of ../shared/data/calibration/c4_demo.json (seed 0), the same blocks for every method:
-10 for SmolLM2, 5 for Gemma-3 (``common.CALIBRATION_BLOCKS`` says why).
+10 for each model (``common.CALIBRATION_BLOCKS`` says why Gemma-3 no longer uses 5).
 Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted; a
 fixed prefix of --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3; the whole set is ~2,400 windows,
 ~10 min per SmolLM2 evaluation here).
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
         "--num-samples",
         type=int,
         default=None,
-        help="calibration blocks (default per model: SmolLM2 10, Gemma-3 5; quick 4)",
+        help="calibration blocks (default 10 per model; quick 4)",
     )
     parser.add_argument(
         "--num-masks",
