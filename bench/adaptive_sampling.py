@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--initial", type=int, default=32)
     parser.add_argument("--step", type=int, default=16)
     parser.add_argument("--budget", type=int, default=129)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
     start = time.perf_counter()

@@ -11,7 +11,8 @@ The embedding, the LM head and the loss are paid per mask either way. The groups
 at once: its initial stratified design (128 and 256 masks, the default strata), the screened elimination's first
 step (every leave-one-out mask) and, as an upper bound no run can reach, every mask the quality bench evaluated.
 Seconds per evaluation are fitted as ``a + b * kept`` on the quality bench's cached timings, which turns saved
-layer passes into saved time. ``--measure N`` checks the model against the real thing: the first N masks of each
+layer passes into saved time; those timings must come from plain evaluations (a cache written with
+``share_prefixes=False`` or before it existed: a shared-prefix run's per-mask seconds are already reduced). ``--measure N`` checks the model against the real thing: the first N masks of each
 model's initial design evaluated plain and with shared prefixes (``MaskEvaluator(share_prefixes=...)``), alternating,
 ``--repeats`` times, on the efficiency bench's calibration blocks; medians, and the largest NLL difference.
 Writes bench/results/prefix_sharing.json and .md.
