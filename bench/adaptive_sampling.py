@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from surrogate_fit import read_cache  # noqa: E402
+from surrogate_fit import cache_file, read_cache  # noqa: E402
 
 from optimum_shapley.surrogate import spearman, train_surrogate  # noqa: E402
 
@@ -97,10 +97,7 @@ def main() -> None:
     strategies = ("random", "uncertainty", "uncertainty near target")
     rows, pools = [], {}
     for alias, target in TARGET_KEPT.items():
-        path = os.path.join(args.cache_dir, alias, "mask_evaluations.jsonl")
-        if not os.path.exists(path):
-            sys.exit(f"missing {path}: run `python bench/quality.py` first (it writes the mask caches)")
-        masks, utilities = read_cache(path)
+        masks, utilities = read_cache(cache_file(args.cache_dir, alias))
         at_target = np.flatnonzero(masks.sum(1) == target)
         tests = [
             np.sort(np.random.default_rng(seed).choice(at_target, len(at_target) // 2, replace=False))

@@ -31,6 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from surrogate_fit import cache_file  # noqa: E402
+
 from optimum_shapley.config import default_strata  # noqa: E402
 from optimum_shapley.sampling import sample_masks  # noqa: E402
 
@@ -115,9 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     rows, fits = [], {}
     for alias, (depth, removed) in CELLS.items():
-        path = os.path.join(args.cache_dir, alias, "mask_evaluations.jsonl")
-        if not os.path.exists(path):
-            sys.exit(f"missing {path}: run `python bench/quality.py` first (it writes the mask caches)")
+        path = cache_file(args.cache_dir, alias)
         a, b, n = timing_fit(path)
         fits[alias] = {"fixed_seconds": a, "seconds_per_layer": b, "records": n}
         leave_one_out = ~np.eye(depth, dtype=bool)

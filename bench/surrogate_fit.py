@@ -38,6 +38,14 @@ TARGET_KEPT = {"smollm2-135m": [24, 20], "gemma3-270m": [14, 12]}  # the quality
 RIDGE_PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
+def cache_file(cache_dir: str, alias: str) -> str:
+    """The quality bench's mask cache of one model; exits with what to run when it is absent."""
+    path = os.path.join(cache_dir, alias, "mask_evaluations.jsonl")
+    if not os.path.exists(path):
+        sys.exit(f"missing {path}: run `python bench/quality.py` first (it writes the mask caches)")
+    return path
+
+
 def read_cache(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Masks and log-ratio utilities of one cache file; its first record (the full model) fixes the fingerprint."""
     with open(path, encoding="utf-8") as f:
@@ -73,7 +81,8 @@ def ridge(features_train: np.ndarray, y_train: np.ndarray, features_all: np.ndar
 
 
 def mlp(masks, utilities, split_seed, **options):
-    """Our ``train_surrogate`` (its own seeded 80/20 split): predictions for every row and the held-out indices."""
+    """Our ``train_surrogate`` (its own seeded 80/20 split, the one ``validation_split`` returns): predictions for
+    every row."""
     surrogate, fit = train_surrogate(masks, utilities, utility="log_ppl_ratio", seed=split_seed, **options)
     import torch
 
@@ -107,10 +116,7 @@ def main() -> None:
     start = time.perf_counter()
     rows, counts = [], {}
     for alias, targets in TARGET_KEPT.items():
-        path = os.path.join(args.cache_dir, alias, "mask_evaluations.jsonl")
-        if not os.path.exists(path):
-            sys.exit(f"missing {path}: run `python bench/quality.py` first (it writes the mask caches)")
-        masks, utilities = read_cache(path)
+        masks, utilities = read_cache(cache_file(args.cache_dir, alias))
         kept = masks.sum(1)
         counts[alias] = {"masks": len(masks), **{f"kept {k}": int((kept == k).sum()) for k in targets}}
         features = pairwise_features(masks)
