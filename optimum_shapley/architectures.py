@@ -6,14 +6,18 @@ architecture is usually a one-line change to a table here, not new code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 __all__ = [
     "DECODER_LAYER_PATHS",
+    "HEALING_LAYOUTS",
     "INDEX_LIST_FIELDS",
     "LAYER_INDEX_ATTRIBUTES",
     "PER_LAYER_LIST_FIELDS",
+    "BlockLayout",
     "UnsupportedArchitectureError",
     "find_decoder_layers",
     "get_decoder_config",
@@ -90,6 +94,70 @@ INDEX_LIST_FIELDS: tuple[str, ...] = (
 
 # Attributes of a block's submodules that hold the block's position (KV-cache slot, mask choice).
 LAYER_INDEX_ATTRIBUTES: tuple[str, ...] = ("layer_idx",)
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where one decoder block writes into the residual stream: what training-free healing folds into.
+
+    Paths are relative to the block, except ``position_embeddings`` and ``embedding_projection`` (from the
+    *CausalLM model). Every family listed here computes ``h_out = h_in + sum(writer outputs)`` (sequential or
+    parallel: the MLP term is its own summand either way) and reads the stream only through norms.
+    """
+
+    mlp_output: str  # module whose output is the MLP's summand of the residual add (hooked for statistics)
+    mlp_projection: str | None  # the linear layer producing that summand; None when a norm sits in between
+    residual_writers: tuple[str, ...]  # every module whose output is added to the stream as is
+    mlp_post_norm: str | None = None  # a norm between the MLP projection and the residual add (Gemma-2/3)
+    norm_weight_offset: float = 0.0  # the norms above multiply by (offset + weight): Gemma's RMSNorm uses 1 + w
+    position_embeddings: tuple[str, ...] = ()  # tables added to the token embeddings before block 0
+    embedding_projection: str | None = None  # a projection between embeddings and block 0 when it exists (OPT)
+    refusals: tuple[tuple[str, object, str], ...] = ()  # (config field, value, why no exact fold exists then)
+
+
+_LLAMA_LIKE = BlockLayout(
+    mlp_output="mlp", mlp_projection="mlp.down_proj", residual_writers=("self_attn.o_proj", "mlp.down_proj")
+)
+_GEMMA_POST_NORM = BlockLayout(
+    mlp_output="post_feedforward_layernorm",
+    mlp_projection=None,
+    residual_writers=("post_attention_layernorm", "post_feedforward_layernorm"),
+    mlp_post_norm="post_feedforward_layernorm",
+    norm_weight_offset=1.0,
+)
+
+# model_type -> BlockLayout, for the families whose healing folds are derived and tested (tests/test_healing.py).
+HEALING_LAYOUTS: dict[str, BlockLayout] = {
+    **dict.fromkeys(["llama", "mistral", "qwen2", "qwen3", "phi3"], _LLAMA_LIKE),
+    **dict.fromkeys(["gemma2", "gemma3_text"], _GEMMA_POST_NORM),
+    "gpt2": BlockLayout(
+        mlp_output="mlp",
+        mlp_projection="mlp.c_proj",
+        residual_writers=("attn.c_proj", "mlp.c_proj"),
+        position_embeddings=("transformer.wpe",),
+    ),
+    "opt": BlockLayout(
+        mlp_output="fc2",
+        mlp_projection="fc2",
+        residual_writers=("self_attn.out_proj", "fc2"),
+        position_embeddings=("model.decoder.embed_positions",),
+        embedding_projection="model.decoder.project_in",
+        refusals=(
+            ("do_layer_norm_before", False, "post-LN blocks (OPT-350m) normalise the residual sum itself"),
+            ("_remove_final_layer_norm", True, "without a final norm the stream's scale reaches the head"),
+        ),
+    ),
+    "gpt_neox": BlockLayout(
+        mlp_output="mlp", mlp_projection="mlp.dense_4h_to_h", residual_writers=("attention.dense", "mlp.dense_4h_to_h")
+    ),
+    "falcon": BlockLayout(
+        mlp_output="mlp",
+        mlp_projection="mlp.dense_4h_to_h",
+        residual_writers=("self_attention.dense", "mlp.dense_4h_to_h"),
+    ),
+    # Mamba's block has one summand, the mixer's: it plays the MLP's part
+    "mamba": BlockLayout(mlp_output="mixer", mlp_projection="mixer.out_proj", residual_writers=("mixer.out_proj",)),
+}
 
 
 def get_decoder_config(model_or_config: PreTrainedModel | PretrainedConfig) -> PretrainedConfig:

@@ -412,11 +412,10 @@ def run_prune(args: argparse.Namespace) -> int:
         raise ValueError(f"{work} (where the run is built) is a file; move it away")
 
     import torch
-    from transformers import TrainingArguments
 
     from .evaluation import CACHE_FILE_NAME
     from .loading import load_causal_lm
-    from .pruner import ShapleyLayerPruner
+    from .pruner import ShapleyLayerPruner, pruning_arguments
     from .surrogate import ShapleySurrogate
 
     start = time.perf_counter()
@@ -436,14 +435,7 @@ def run_prune(args: argparse.Namespace) -> int:
     seeded = 0  # bytes of cache copied in from an existing --output: not new work to resume from
     main = True
     try:
-        training_args = TrainingArguments(
-            output_dir=work,  # the mask-evaluation cache lives here during the run
-            per_device_eval_batch_size=args.batch_size,
-            report_to="none",
-            disable_tqdm=args.no_progress,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            seed=config.seed,
-        )
+        training_args = pruning_arguments(work, args.batch_size, config.seed, disable_tqdm=args.no_progress)
         main = training_args.process_index == 0  # under `accelerate launch`, only the main process writes
         pruner = ShapleyLayerPruner(
             model=model,

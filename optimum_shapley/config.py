@@ -14,12 +14,32 @@ from typing import Any
 
 from transformers.utils import PushToHubMixin
 
-__all__ = ["CONFIG_NAME", "ESTIMATORS", "UTILITIES", "ShapleyPruningConfig", "default_strata"]
+from .shapley import ESTIMATORS
+
+__all__ = [
+    "CONFIG_NAME",
+    "ESTIMATORS",
+    "UTILITIES",
+    "ShapleyPruningConfig",
+    "default_evaluation_budget",
+    "default_strata",
+]
 
 CONFIG_NAME = "shapley_pruning_config.json"
-UTILITIES = ("log_ppl_ratio", "ppl_ratio")
-ESTIMATORS = ("permutation", "paper")
+UTILITIES = ("kl", "log_ppl_ratio", "ppl_ratio")
 ACTIVATIONS = ("celu", "relu", "gelu", "tanh", "silu")
+HEAL_METHODS = ("none", "linear", "scale")
+
+
+def sleb_cost(num_layers: int, num_remove: int) -> int:
+    """Real evaluations SLEB spends: every remaining layer is tried at each of its ``num_remove`` steps."""
+    return sum(num_layers - step for step in range(num_remove))
+
+
+def default_evaluation_budget(num_layers: int, num_remove: int) -> int:
+    """The default search's budget in calibration-set evaluations: twice what SLEB spends at the same target,
+    everything included (peers, design, search, verification on the larger set, the value check)."""
+    return 2 * sleb_cost(num_layers, num_remove)
 
 
 def default_strata(num_layers: int, num_remove: int) -> list[int]:
@@ -51,8 +71,8 @@ class ShapleyPruningConfig(PushToHubMixin):
     method: str = field(
         default="shapley",
         metadata=_help(
-            "Layer-selection method: shapley (default), shapley-paper, block-influence, angular, sleb, ppl, taylor, "
-            "reverse-order, random. The surrogate settings below apply to the shapley methods."
+            "Layer-selection method: shapley (default), shapley-paper, evopress, block-influence, angular, sleb, ppl, "
+            "taylor, reverse-order, random. The surrogate settings below apply to the shapley methods."
         ),
     )
     # --- target
@@ -79,12 +99,24 @@ class ShapleyPruningConfig(PushToHubMixin):
     )
     dataset_split: str = field(default="train", metadata=_help("Hub dataset split, e.g. 'train[:2000]'.", "--split"))
     text_column: str = field(default="text", metadata=_help("Column or JSON field holding the text."))
+    dataset_streaming: bool = field(
+        default=False,
+        metadata=_help(
+            "Stream the Hub calibration dataset instead of downloading its split: documents pass through a seeded "
+            "shuffle buffer of 10,000 and are read only until the blocks are filled (local files and 'embedded' "
+            "are read as usual).",
+            "--streaming",
+        ),
+    )
     num_samples: int = field(default=10, metadata=_help("Number of calibration token blocks (paper: 10)."))
     seq_length: int = field(default=128, metadata=_help("Tokens per calibration block (paper: 128)."))
     # --- mask sampling
-    num_masks: int = field(
-        default=128,
-        metadata=_help("Layer masks evaluated on the real model to train the surrogate (the full model included)."),
+    num_masks: int | None = field(
+        default=None,
+        metadata=_help(
+            "Random layer masks (from the strata) evaluated on the real model to start the surrogate, the full model "
+            "included. Default: twice the depth for shapley; the search adds the masks it verifies."
+        ),
     )
     strata: list[int] | None = field(
         default=None,
@@ -94,11 +126,15 @@ class ShapleyPruningConfig(PushToHubMixin):
         ),
     )
     utility: str = field(
-        default="log_ppl_ratio",
+        default="kl",
         metadata=_help(
-            "Utility of a mask: 'log_ppl_ratio' = log(ppl(full)/ppl(mask)) (default, does not saturate) or "
-            "'ppl_ratio' = ppl(full)/ppl(mask) (the paper's)."
+            "Utility of a mask: 'kl' = minus the mean per-token KL divergence of the masked model's next-token "
+            "distribution from the dense model's (default, as EvoPress; top kl_top_k tokens plus the rest), "
+            "'log_ppl_ratio' = log(ppl(full)/ppl(mask)) or 'ppl_ratio' = ppl(full)/ppl(mask) (the paper's)."
         ),
+    )
+    kl_top_k: int = field(
+        default=128, metadata=_help("Dense-model probabilities kept per token for the KL utility (plus the rest).")
     )
     # --- surrogate (paper defaults: L -> 2L -> 1 MLP, CELU, SGD lr 0.008 momentum 0.9, 300 epochs, batch 300)
     surrogate_hidden_multiplier: int = field(default=2, metadata=_help("Hidden width of the MLP, in layers."))
@@ -107,19 +143,36 @@ class ShapleyPruningConfig(PushToHubMixin):
     surrogate_momentum: float = field(default=0.9, metadata=_help("SGD momentum."))
     surrogate_epochs: int = field(default=300, metadata=_help("Training epochs."))
     surrogate_batch_size: int = field(default=300, metadata=_help("Training batch size."))
+    surrogate_features: str = field(
+        default="mask+adjacent",
+        metadata=_help(
+            "Surrogate input: 'mask' (the paper's) or 'mask+adjacent' (also one feature per pair of neighbouring "
+            "layers both removed: contiguous blocks)."
+        ),
+    )
+    surrogate_ensemble: int = field(
+        default=5,
+        metadata=_help(
+            "Networks in the surrogate ensemble, each on its own train/validation split: their spread is the "
+            "surrogate uncertainty in the values' error bars and in the search's stopping rule."
+        ),
+    )
     validation_fraction: float = field(
         default=0.2, metadata=_help("Share of evaluated masks held out to validate the surrogate (at most 0.2).")
     )
     # --- Shapley estimation
     estimator: str = field(
-        default="permutation",
+        default="local",
         metadata=_help(
-            "'permutation': Shapley values by permutation sampling, with standard errors (default); 'paper': the "
-            "published estimator (mean marginal over masks drawn from the strata)."
+            "'local' (default): each layer's mean marginal over kept sets of the target size within value_radius "
+            "swaps of the best verified set, where the surrogate was trained; 'semivalue': over uniformly random "
+            "kept sets of the target size; 'permutation': full-range Shapley values (every coalition size: mostly "
+            "extrapolation on a surrogate trained near the target); 'paper': the published estimator."
         ),
     )
+    value_radius: int = field(default=2, metadata=_help("Swaps around the best verified set for 'local' values."))
     mc_samples: int = field(
-        default=80000, metadata=_help("Monte Carlo samples on the surrogate: permutations or coalitions.")
+        default=20000, metadata=_help("Monte Carlo samples on the surrogate: permutations or coalitions.")
     )
     # --- surrogate-guided search of the kept set
     search_rounds: int = field(
@@ -133,7 +186,36 @@ class ShapleyPruningConfig(PushToHubMixin):
     )
     search_candidates: int = field(default=8, metadata=_help("Candidates verified on the real model per round."))
     search_patience: int = field(
-        default=1, metadata=_help("Search rounds in a row without a better verified set before the search stops.")
+        default=2, metadata=_help("Search rounds in a row without a better verified set before the search stops.")
+    )
+    max_evaluations: int | None = field(
+        default=None,
+        metadata=_help(
+            "Most calibration-set evaluations the shapley search may spend, everything included (a pass over the "
+            "verification set counts as its size in calibration sets). Default: twice SLEB's cost at the target."
+        ),
+    )
+    verify_samples: int = field(
+        default=40,
+        metadata=_help(
+            "Multi-fidelity verification: calibration blocks (drawn like the calibration ones, with another seed) "
+            "on which the verify_top best sets are re-scored before one is chosen. 0: choose on the calibration set."
+        ),
+    )
+    verify_top: int = field(default=4, metadata=_help("Best verified sets re-scored on the verification blocks."))
+    value_check: bool = field(
+        default=True,
+        metadata=_help(
+            "Measure every layer's real marginal at the chosen set (remove each kept layer, add back each removed "
+            "one: one evaluation each) and report its rank correlation with the values."
+        ),
+    )
+    reuse_candidates: int = field(
+        default=8,
+        metadata=_help(
+            "Pruning with a saved surrogate: kept sets verified on the model before one is chosen (the surrogate's "
+            "proposals and the one-pass peers). 0: take the surrogate's choice unverified, evaluating nothing."
+        ),
     )
     # --- evaluation cost
     share_prefixes: bool = field(
@@ -142,6 +224,30 @@ class ShapleyPruningConfig(PushToHubMixin):
             "Evaluate each group of masks in trie order, starting every mask from the remembered hidden states of "
             "the last kept layer it shares with the previous one (same numbers, about a third fewer decoder-layer "
             "passes; holds one hidden-state tensor per kept layer and calibration batch)."
+        ),
+    )
+    # --- training-free healing of the kept weights (optimum_shapley.healing)
+    heal: str = field(
+        default="none",
+        metadata=_help(
+            "Training-free healing after the layers are chosen, folded into the kept weights on the calibration "
+            "text (the checkpoint keeps its stock architecture): 'none' (default), 'linear' (ReplaceMe: one "
+            "least-squares map per run of removed layers, folded into the MLP output projection before it) or "
+            "'scale' (Prune&Comp: one magnitude scalar per run). Where no exact fold exists it is refused."
+        ),
+    )
+    heal_ridge: float = field(
+        default=1.0,
+        metadata=_help(
+            "heal=linear: ridge toward the identity (the unhealed model), in units of the mean eigenvalue; 0 is "
+            "plain least squares, which overfits 10 x 128 calibration tokens."
+        ),
+    )
+    heal_diagonal: bool = field(
+        default=False,
+        metadata=_help(
+            "heal=linear: a per-channel scale instead of a full matrix (the only exact fold on Gemma-2/3, whose "
+            "post-feedforward norm follows the MLP)."
         ),
     )
     seed: int = field(default=42, metadata=_help("Seed for calibration sampling, masks, surrogate and estimator."))
@@ -166,9 +272,18 @@ class ShapleyPruningConfig(PushToHubMixin):
             fail("num_layers_to_remove", f"must be a positive integer, got {self.num_layers_to_remove!r}")
         if self.pruning_ratio is not None and not 0.0 < self.pruning_ratio < 1.0:
             fail("pruning_ratio", f"must be strictly between 0 and 1, got {self.pruning_ratio!r}")
-        for name in ("num_samples", "num_masks", "surrogate_hidden_multiplier", "surrogate_epochs"):
+        for name in ("num_samples", "surrogate_hidden_multiplier", "surrogate_epochs", "surrogate_ensemble"):
             if getattr(self, name) < 1:
                 fail(name, f"must be at least 1, got {getattr(self, name)!r}")
+        for name in ("verify_samples", "reuse_candidates", "value_radius"):
+            if getattr(self, name) < 0:
+                fail(name, f"must be 0 or more, got {getattr(self, name)!r}")
+        if self.verify_top < 1:
+            fail("verify_top", f"must be at least 1, got {self.verify_top!r}")
+        if self.kl_top_k < 1:
+            fail("kl_top_k", f"must be at least 1, got {self.kl_top_k!r}")
+        if self.max_evaluations is not None and self.max_evaluations < 1:
+            fail("max_evaluations", f"must be at least 1, got {self.max_evaluations!r}")
         if self.search_rounds < 0:
             fail("search_rounds", f"must be 0 or more, got {self.search_rounds!r}")
         if self.search_patience < 1:
@@ -179,7 +294,7 @@ class ShapleyPruningConfig(PushToHubMixin):
             fail("surrogate_batch_size", f"must be at least 1, got {self.surrogate_batch_size!r}")
         if self.mc_samples < 1:
             fail("mc_samples", f"must be at least 1, got {self.mc_samples!r}")
-        if self.num_masks < 10:
+        if self.num_masks is not None and self.num_masks < 10:
             fail("num_masks", f"needs at least 10 masks to train and validate a surrogate, got {self.num_masks}")
         if self.seq_length < 2:
             fail("seq_length", f"must be at least 2 tokens, got {self.seq_length!r}")
@@ -191,6 +306,8 @@ class ShapleyPruningConfig(PushToHubMixin):
             fail("utility", f"must be one of {UTILITIES}, got {self.utility!r}")
         if self.estimator not in ESTIMATORS:
             fail("estimator", f"must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.surrogate_features not in ("mask", "mask+adjacent"):
+            fail("surrogate_features", f"must be 'mask' or 'mask+adjacent', got {self.surrogate_features!r}")
         if self.surrogate_activation not in ACTIVATIONS:
             fail("surrogate_activation", f"must be one of {ACTIVATIONS}, got {self.surrogate_activation!r}")
         if not self.surrogate_learning_rate > 0:
@@ -202,6 +319,13 @@ class ShapleyPruningConfig(PushToHubMixin):
                 "validation_fraction",
                 f"must be in (0, 0.2] so the surrogate trains on at least 80% of the masks, got {self.validation_fraction!r}",
             )
+        if self.heal not in HEAL_METHODS:
+            fail("heal", f"must be one of {HEAL_METHODS}, got {self.heal!r}")
+        ridge = self.heal_ridge
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0 <= ridge < float("inf"):
+            fail("heal_ridge", f"must be a finite number >= 0, got {ridge!r}")
+        if self.heal_diagonal and self.heal != "linear":
+            fail("heal_diagonal", f"applies to heal='linear', got heal={self.heal!r}")
 
     # --- derived settings
     def layers_to_remove(self, num_layers: int) -> int:
@@ -218,6 +342,16 @@ class ShapleyPruningConfig(PushToHubMixin):
                 f"remove between 1 and {num_layers - 1}."
             )
         return count
+
+    def resolved_num_masks(self, num_layers: int) -> int:
+        """The random design's size for a model of ``num_layers`` layers: ``num_masks``, or twice the depth."""
+        return self.num_masks if self.num_masks is not None else max(10, 2 * num_layers)
+
+    def resolved_max_evaluations(self, num_layers: int) -> int:
+        """The search's evaluation budget: ``max_evaluations``, or twice SLEB's cost at the target."""
+        if self.max_evaluations is not None:
+            return self.max_evaluations
+        return default_evaluation_budget(num_layers, self.layers_to_remove(num_layers))
 
     def resolved_strata(self, num_layers: int) -> list[int]:
         """The kept-layer counts to sample from for a model of ``num_layers`` layers (validated)."""

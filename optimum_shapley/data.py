@@ -9,11 +9,12 @@ CPython's standard library, so a first run needs neither a network nor a downloa
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +44,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _BLANK_LINES = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")
 # Keys of a JSON object that conventionally hold the records, tried when the object holds several lists.
 _RECORD_KEYS = ("data", "rows", "records", "examples", "documents", "texts")
+# Documents a streamed Hub dataset holds in its shuffle buffer (datasets' IterableDataset.shuffle): the blocks are
+# drawn from about this many documents past the first ones of the (shard-shuffled) stream.
+DEFAULT_SHUFFLE_BUFFER_SIZE = 10_000
 
 
 class CalibrationDataError(ValueError):
@@ -58,12 +62,20 @@ def load_texts(
     dataset_config_name: str | None = None,
     split: str = "train",
     text_column: str = "text",
-) -> list[str]:
+    streaming: bool = False,
+    seed: int = 0,
+    shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER_SIZE,
+) -> list[str] | Iterator[str]:
     """Return the non-empty documents of ``source``, in a deterministic order.
 
     ``source`` is ``None``/``"embedded"`` (stdlib text), a local ``.txt``/``.json``/``.jsonl``/``.parquet`` file, or a
     Hugging Face Hub dataset id. ``dataset_config_name`` and ``split`` only apply to Hub datasets; ``text_column``
     applies to every source with records (``.json``, ``.jsonl``, ``.parquet``, Hub).
+
+    ``streaming=True`` reads a Hub dataset without downloading its split: ``load_dataset(..., streaming=True)``,
+    shuffled with ``seed`` in a buffer of ``shuffle_buffer_size`` documents, comes back as a lazy iterator that reads
+    only as far as it is consumed (:func:`tokenize_blocks` stops at twice the tokens its blocks need). Local files and
+    the embedded text are on disk already and come back as a list, as without streaming.
     """
     if source is None:
         source = EMBEDDED_SOURCE
@@ -81,6 +93,14 @@ def load_texts(
             texts = _load_local(path, text_column)
         elif _looks_like_path(source):
             raise CalibrationDataError(f"calibration file not found: {source}")
+        elif streaming:
+            _check_int("seed", seed, minimum=None)
+            _check_int("shuffle_buffer_size", shuffle_buffer_size, minimum=1)
+            stream = _stream_hub(source, dataset_config_name, split, text_column, seed, shuffle_buffer_size)
+            first = next(stream, None)  # fills the shuffle buffer: an empty or unreadable stream fails here
+            if first is None:
+                raise CalibrationDataError(f"calibration text is empty: {source}")
+            return itertools.chain([first], stream)
         else:
             texts = _load_hub(source, dataset_config_name, split, text_column)
 
@@ -214,18 +234,51 @@ def _load_parquet(path: str, text_column: str) -> list[str]:
     return _column(dataset, text_column, path)
 
 
-def _load_hub(source: str, config: str | None, split: str, text_column: str) -> list[str]:
+def _open_hub(source: str, config: str | None, split: str, **kwargs: Any) -> Any:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(source, config, split=split)
+        return datasets.load_dataset(source, config, split=split, **kwargs)
     except Exception as exc:
         hint = "; no local file of that name exists either" if "/" in source else ""
         raise CalibrationDataError(
             f"cannot load calibration dataset {source!r} (config={config!r}, split={split!r}) from the Hugging Face "
             f"Hub: {_first_line(exc)}{hint}"
         ) from exc
-    return _column(dataset, text_column, f"dataset {source!r}")
+
+
+def _load_hub(source: str, config: str | None, split: str, text_column: str) -> list[str]:
+    return _column(_open_hub(source, config, split), text_column, f"dataset {source!r}")
+
+
+def _stream_hub(
+    source: str, config: str | None, split: str, text_column: str, seed: int, buffer_size: int
+) -> Iterator[str]:
+    """The non-empty documents of a streamed Hub dataset in seeded buffer-shuffled order, read lazily."""
+    dataset = _open_hub(source, config, split, streaming=True).shuffle(seed=seed, buffer_size=buffer_size)
+    where = f"dataset {source!r} (streamed)"
+    names = dataset.column_names  # None when the stream does not declare its features: checked on each record
+    if names is not None and text_column not in names:
+        raise CalibrationDataError(f"column {text_column!r} not found in {where}; its columns are {list(names)}")
+
+    def documents() -> Iterator[str]:
+        records = iter(dataset)
+        for index in itertools.count():
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise CalibrationDataError(f"reading {where} failed at record {index}: {_first_line(exc)}") from exc
+            if text_column not in record:
+                raise CalibrationDataError(
+                    f"column {text_column!r} not found in record {index} of {where}; its keys are {sorted(record)}"
+                )
+            text = _as_text(record[text_column], f"record {index} of column {text_column!r} of {where}")
+            if text.strip():
+                yield text
+
+    return documents()
 
 
 def _column(dataset: Any, text_column: str, where: str) -> list[str]:
@@ -257,28 +310,34 @@ def _first_line(exc: BaseException) -> str:
 
 
 def tokenize_blocks(
-    texts: Sequence[str], tokenizer: Any, *, num_samples: int, seq_length: int, seed: int = 0
+    texts: Sequence[str] | Iterable[str], tokenizer: Any, *, num_samples: int, seq_length: int, seed: int = 0
 ) -> torch.LongTensor:
     """Sample ``num_samples`` windows of ``seq_length`` tokens from the seeded-shuffled, concatenated documents.
 
     Documents are tokenized one at a time and only until the stream holds twice the tokens the blocks need, so a huge
     dataset costs no more than a small one. Windows do not overlap when the stream has room for all of them. When the
     tokenizer prepends a BOS token, every block starts with it, as the causal LM saw in training.
+
+    A sequence (list, tuple) is shuffled here with ``seed``; any other iterable (a stream, such as
+    ``load_texts(..., streaming=True)`` returns, shuffled at its source) is taken in its own order and consumed only
+    as far as the blocks need.
     """
     _check_int("num_samples", num_samples, minimum=1)
     _check_int("seq_length", seq_length, minimum=2)
     _check_int("seed", seed, minimum=None)
     if isinstance(texts, (str, bytes)):
         raise CalibrationDataError("texts must be a sequence of documents, not a single string")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise CalibrationDataError(f"texts[{index}] is a {type(text).__name__}, expected a string")
-    documents = [text for text in texts if text.strip()]
-    if not documents:
-        raise CalibrationDataError("no calibration text to tokenize: every document is empty")
-
     rng = random.Random(seed)
-    rng.shuffle(documents)
+    if isinstance(texts, Sequence):
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise CalibrationDataError(f"texts[{index}] is a {type(text).__name__}, expected a string")
+        documents: Iterable[str] = [text for text in texts if text.strip()]
+        if not documents:
+            raise CalibrationDataError("no calibration text to tokenize: every document is empty")
+        rng.shuffle(documents)
+    else:
+        documents = _checked_documents(texts)
 
     bos_id = prepended_bos_id(tokenizer)
     window = seq_length - (1 if bos_id is not None else 0)  # stream tokens per block
@@ -293,6 +352,8 @@ def tokenize_blocks(
         if len(stream) >= target:
             break
 
+    if not stream:  # an iterable whose documents were all empty (a sequence's are checked above)
+        raise CalibrationDataError("no calibration text to tokenize: every document is empty")
     if len(stream) < window:
         bos_note = " after the BOS token" if bos_id is not None else ""
         raise CalibrationDataError(
@@ -313,6 +374,15 @@ def tokenize_blocks(
     if bos_id is not None:
         blocks = torch.cat([torch.full((num_samples, 1), bos_id, dtype=torch.long), blocks], dim=1)
     return blocks
+
+
+def _checked_documents(texts: Iterable[str]) -> Iterator[str]:
+    """The non-empty documents of an iterable, type-checked one at a time as they are read."""
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise CalibrationDataError(f"texts[{index}] is a {type(text).__name__}, expected a string")
+        if text.strip():
+            yield text
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None) -> None:
@@ -390,18 +460,39 @@ def build_calibration_dataset(
     num_samples: int = 10,
     seq_length: int = 128,
     seed: int = 0,
+    streaming: bool = False,
+    shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER_SIZE,
 ) -> CalibrationDataset:
-    """Load ``source`` (see :func:`load_texts`) and sample its blocks (see :func:`tokenize_blocks`) in one call."""
+    """Load ``source`` (see :func:`load_texts`) and sample its blocks (see :func:`tokenize_blocks`) in one call.
+
+    ``streaming=True`` streams a Hub dataset instead of downloading its split, shuffled with ``seed`` in a buffer of
+    ``shuffle_buffer_size`` documents, and reads it only until the blocks are filled (see :func:`load_texts`)."""
     # Validate the sizes before loading, so a bad argument does not wait for a download.
     _check_int("num_samples", num_samples, minimum=1)
     _check_int("seq_length", seq_length, minimum=2)
-    texts = load_texts(source, dataset_config_name=dataset_config_name, split=split, text_column=text_column)
+    texts = load_texts(
+        source,
+        dataset_config_name=dataset_config_name,
+        split=split,
+        text_column=text_column,
+        streaming=streaming,
+        seed=seed,
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
     input_ids = tokenize_blocks(texts, tokenizer, num_samples=num_samples, seq_length=seq_length, seed=seed)
-    return CalibrationDataset(input_ids, source=_describe(source, dataset_config_name, split, text_column))
+    streamed = shuffle_buffer_size if not isinstance(texts, Sequence) else None
+    return CalibrationDataset(input_ids, source=_describe(source, dataset_config_name, split, text_column, streamed))
 
 
-def _describe(source: str | os.PathLike[str] | None, config: str | None, split: str, text_column: str) -> str:
-    """A human-readable name for the calibration data (the fingerprint, not this, identifies it)."""
+def _describe(
+    source: str | os.PathLike[str] | None,
+    config: str | None,
+    split: str,
+    text_column: str,
+    shuffle_buffer_size: int | None = None,
+) -> str:
+    """A human-readable name for the calibration data (the fingerprint, not this, identifies it); a streamed Hub
+    dataset names its shuffle buffer (its blocks differ from those of the downloaded split)."""
     if source is None or os.fspath(source) == EMBEDDED_SOURCE:
         return f"{EMBEDDED_SOURCE} (pydoc_data.topics)"
     source = os.fspath(source)
@@ -409,4 +500,5 @@ def _describe(source: str | os.PathLike[str] | None, config: str | None, split: 
     if os.path.exists(path):
         return os.path.abspath(path)
     config_part = f", config={config}" if config else ""
-    return f"hub:{source} (split={split}{config_part}, column={text_column})"
+    stream_part = f", streamed, shuffle buffer {shuffle_buffer_size}" if shuffle_buffer_size else ""
+    return f"hub:{source} (split={split}{config_part}, column={text_column}{stream_part})"

@@ -21,6 +21,7 @@ from .result import RESULTS_NAME, PruningResult
 __all__ = [
     "PLOTS_DIR",
     "build_model_card",
+    "checkpoint_name",
     "plot_contributions",
     "plot_surrogate_fit",
     "push_run_folder",
@@ -39,13 +40,15 @@ CITATION = """@inproceedings{pruning_cooperative_game_2026,
 }"""
 
 
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A figure drawn off-screen with matplotlib's object API: pyplot and ``matplotlib.use`` would switch the
+    process-wide backend (and keep every figure alive in pyplot's registry) under a notebook or GUI user."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def plot_contributions(result: PruningResult, path: str) -> str | None:
@@ -53,11 +56,11 @@ def plot_contributions(result: PruningResult, path: str) -> str | None:
     draw for methods that only produce a selection."""
     if not result.values:
         return None
-    plt = _pyplot()
     layers = list(range(result.num_layers))
     removed = set(result.removed_layers)
     colors = ["#d62728" if i in removed else "#1f77b4" for i in layers]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * result.num_layers + 2), 3.6))
+    fig = _figure((max(6.0, 0.28 * result.num_layers + 2), 3.6))
+    ax = fig.subplots()
     ax.bar(layers, result.values, yerr=result.stderr or None, color=colors, capsize=2, ecolor="#444444")
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_xlabel("decoder layer")
@@ -67,7 +70,6 @@ def plot_contributions(result: PruningResult, path: str) -> str | None:
     ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -77,8 +79,8 @@ def plot_surrogate_fit(result: PruningResult, path: str) -> str | None:
     measured, predicted = fit.get("validation_measured") or [], fit.get("validation_predicted") or []
     if not measured:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    fig = _figure((4.2, 4.0))
+    ax = fig.subplots()
     ax.scatter(measured, predicted, s=14, alpha=0.8)
     low, high = min(measured + predicted), max(measured + predicted)
     ax.plot([low, high], [low, high], color="gray", linewidth=0.8, linestyle="--")
@@ -91,19 +93,52 @@ def plot_surrogate_fit(result: PruningResult, path: str) -> str | None:
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def _is_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return bool(name) and len(parts) == 2 and all(parts) and not os.path.exists(name)
+    """``owner/name`` that is a valid Hub repository id and not an existing local path."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name or name.count("/") != 1 or name.startswith((".", "~")) or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _path_name(path: str) -> str:
+    """A local path's last component (``.gguf`` files without the extension): the folder or file name, never the
+    machine path above it."""
+    name = os.path.basename(os.path.abspath(os.path.expanduser(path))) if path else ""
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
+def checkpoint_name(name_or_path: str, gguf_name: str = "") -> str:
+    """The name a model card gives a checkpoint, never a machine path: ``name_or_path`` itself when it is a Hub id
+    (``owner/name``, not an existing local path; the packaged aliases record theirs), else the GGUF file's
+    ``general.name`` (``gguf_name``: ``load_causal_lm`` stores it as ``model.gguf_name``), else the folder name or
+    file stem."""
+    name_or_path = os.fspath(name_or_path or "")
+    if _is_hub_id(name_or_path):
+        return name_or_path
+    return gguf_name or _path_name(name_or_path)
+
+
+def _source_name(source: str) -> str:
+    """A data source for the card: a Hub name as given, a local file or folder by its name only."""
+    source = str(source or "")
+    looks_local = os.path.isabs(os.path.expanduser(source)) or os.path.exists(source)
+    return os.path.basename(os.path.normpath(os.path.expanduser(source))) if looks_local else source
 
 
 def _how_chosen(result: PruningResult, surrogate_repo_id: str | None) -> str:
     calibration = (
         f"{result.calibration.get('num_samples')} x {result.calibration.get('seq_length')} tokens of "
-        f"`{result.calibration.get('source')}`"
+        f"`{_source_name(result.calibration.get('source'))}`"
     )
     if not result.strata:  # a peer criterion: no surrogate game
         from .criteria import get_criterion
@@ -128,17 +163,28 @@ def _how_chosen(result: PruningResult, surrogate_repo_id: str | None) -> str:
         if surrogate_repo_id
         else "The surrogate is saved in the `surrogate/` folder of the run."
     )
-    return (
+    from .game_report import game_paragraphs
+
+    opening = (
         "Each layer is a player in a cooperative game whose utility is the model's quality on calibration text "
-        f"(`{result.utility}`). {len(result.masks) or 'No'} layer masks were evaluated on the real model (kept-layer "
-        f"counts {result.strata}; calibration: {calibration}). {fit_text} Contributions were then estimated on the "
-        f"surrogate with the `{result.estimator}` estimator; the {result.num_removed} layers with the lowest "
-        f"contribution were removed. {surrogate_text}"
+        f"(`{result.utility}`). {len(result.masks) or 'No'} layer masks were evaluated on the real model "
+        f"(calibration: {calibration}; random design masks from kept-layer counts {result.strata}). {fit_text}"
     )
+    if not result.game:  # a result written before the game was recorded
+        return f"{opening} {surrogate_text}"
+    return "\n\n".join([opening, *game_paragraphs(result), surrogate_text])
 
 
-def _weights_note(recovery: dict[str, Any]) -> str:
+def _weights_note(recovery: dict[str, Any], healing: dict[str, Any] | None = None) -> str:
     """What happened to the kept layers' weights, stated plainly (the card must not claim "unchanged" after LoRA)."""
+    if healing:
+        method = healing.get("method")
+        healed = f"The kept layers' weights were changed by training-free `{method}` healing (see *Healing*)"
+        if not recovery:
+            return healed + "; the model has not been fine-tuned after pruning."
+        if recovery.get("merged"):
+            return healed + ", then fine-tuned with LoRA and the adapter merged (see *Recovery*)."
+        return healed + "; a LoRA adapter trained after that is kept in `adapter/` (see *Recovery*)."
     if not recovery:
         return (
             "No weights were changed: the kept layers are the original ones, and the model has not been fine-tuned\n"
@@ -153,6 +199,23 @@ def _weights_note(recovery: dict[str, Any]) -> str:
         "The weights here are the kept layers unchanged; a LoRA adapter trained after pruning is kept in `adapter/`\n"
         "and must be loaded on top of them with PEFT (see *Recovery*)."
     )
+
+
+def _healing_section(result: PruningResult) -> str:
+    """The card's account of training-free healing: what was fitted on which text and folded where."""
+    if not result.healing:
+        return ""
+    from .healing import describe_healing
+
+    calibration = (
+        f"{result.calibration.get('num_samples')} x {result.calibration.get('seq_length')} tokens of "
+        f"`{_source_name(result.calibration.get('source'))}`, the text that chose the layers"
+    )
+    return f"""## Healing
+
+{describe_healing(result.healing, calibration)}
+
+"""
 
 
 def _recovery_section(recovery: dict[str, Any]) -> str:
@@ -191,7 +254,7 @@ model = model.merge_and_unload()   # optional: fold the adapter into the weights
 
 After pruning, a LoRA adapter was trained with PEFT and the `transformers` Trainer for {recovery["steps"]} steps
 ({recovery["tokens"]:,} tokens: batch {recovery["batch_size"]} of {recovery["seq_length"]}-token blocks drawn from
-`{recovery["dataset"]}`, learning rate {recovery["learning_rate"]:g}, {recovery["seconds"]:.0f} s): r = {lora.get("r")},
+`{_source_name(recovery["dataset"])}`, learning rate {recovery["learning_rate"]:g}, {recovery["seconds"]:.0f} s): r = {lora.get("r")},
 alpha = {lora.get("lora_alpha")}, dropout = {lora.get("lora_dropout")}, on {targets}
 ({recovery["trainable_parameters"]:,} trainable parameters). The training loss went from
 {recovery["train_loss_first"]:.3f} to {recovery["train_loss_last"]:.3f} (mean over the first and the last
@@ -214,22 +277,33 @@ def _evaluation_section(evaluation: dict[str, Any]) -> str:
 """
 
 
+def _before_changes(result: PruningResult) -> str:
+    changes = [name for name, done in (("healing", result.healing), ("recovery", result.recovery)) if done]
+    return f" (before {' and '.join(changes)})" if changes else ""
+
+
 def build_model_card(
     result: PruningResult,
     *,
     plots: dict[str, str] | None = None,
     surrogate_repo_id: str | None = None,
 ) -> ModelCard:
-    """The pruned model's card: what was removed, how it was chosen, what it measured, and its limits."""
+    """The pruned model's card: what was removed, how it was chosen, what it measured, and its limits. The base
+    model is named by ``result.base_model_name``, else :func:`checkpoint_name` of ``result.base_model``: a run on
+    a local folder or ``.gguf`` file writes no machine path."""
     kept = result.num_layers - result.num_removed
+    name = result.base_model_name or checkpoint_name(result.base_model)
     data = ModelCardData(
         base_model=result.base_model if _is_hub_id(result.base_model) else None,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["optimum-shapley", "layer-pruning", "pruning", f"method-{result.method}"]
-        + (["lora-recovery"] if result.recovery else []),
+        + (["lora-recovery"] if result.recovery else [])
+        + ([f"healing-{result.healing.get('method')}"] if result.healing else []),
     )
-    summary = "\n".join(f"| {label} | {value} |" for label, value in result.summary_rows())
+    summary = "\n".join(
+        f"| {label} | {name if label == 'base model' else value} |" for label, value in result.summary_rows()
+    )
     scores = ""
     if result.values:
         stderr = result.stderr or [float("nan")] * len(result.values)
@@ -247,7 +321,7 @@ def build_model_card(
     if result.calibration_ppl_before is not None:
         ppl_note = (
             f"Calibration perplexity went from {result.calibration_ppl_before:.2f} to "
-            f"{result.calibration_ppl_after:.2f}{' (before recovery)' if result.recovery else ''}. It is measured "
+            f"{result.calibration_ppl_after:.2f}{_before_changes(result)}. It is measured "
             "on the calibration text that chose the layers, "
             "so it is not a held-out evaluation"
             + (
@@ -258,14 +332,14 @@ def build_model_card(
             )
         )
     source_note = f" The base weights were {result.weights_source}." if result.weights_source else ""
-    weights_note = _weights_note(result.recovery)
+    weights_note = _weights_note(result.recovery, result.healing)
     content = f"""---
 {data.to_yaml()}
 ---
 
-# Layer-pruned {result.base_model or "model"}
+# Layer-pruned {name or "model"}
 
-This model is `{result.base_model or "the base model"}` with **{result.num_removed} of its {result.num_layers}
+This model is `{name or "the base model"}` with **{result.num_removed} of its {result.num_layers}
 decoder layers removed** ({kept} remain), chosen by optimum-shapley with the `{result.method}`
 method. It loads with plain `transformers`:
 
@@ -292,7 +366,7 @@ Removed layers (original indices): **{", ".join(map(str, result.removed_layers))
 
 {ppl_note}
 
-{_evaluation_section(result.evaluation)}{_recovery_section(result.recovery)}{scores}{figures}
+{_evaluation_section(result.evaluation)}{_healing_section(result)}{_recovery_section(result.recovery)}{scores}{figures}
 ## Citation
 
 ```bibtex
@@ -352,6 +426,8 @@ def write_run_folder(
     config names ``adapter_base_model`` (the final folder or Hub repository) as the base to load it on."""
     from .recovery import is_adapter_model, save_model_and_adapter
 
+    if not result.base_model_name:  # recorded with the results, so a later `recover` card names it the same way
+        result.base_model_name = checkpoint_name(result.base_model, getattr(model, "gguf_name", "") or "")
     if is_adapter_model(model):
         save_model_and_adapter(model, folder, adapter_base_model)
     else:
@@ -386,6 +462,7 @@ def write_run_folder(
 
 
 def _write_surrogate_card(path: str, result: PruningResult) -> None:
+    name = result.base_model_name or checkpoint_name(result.base_model)
     fit = result.surrogate_fit or {}
     metrics = (
         f"Held-out R^2 {fit['validation_r2']:.3f}, Spearman {fit['validation_spearman']:.3f} on "
@@ -401,10 +478,10 @@ tags:
 - shapley-surrogate
 ---
 
-# Shapley surrogate for {result.base_model or "a causal LM"}
+# Shapley surrogate for {name or "a causal LM"}
 
 A small MLP that predicts the `{result.utility}` utility of keeping a subset of the {result.num_layers} decoder
-layers of `{result.base_model}`. {metrics} Reuse it to prune the same model at another ratio without evaluating a
+layers of `{name or "the base model"}`. {metrics} Reuse it to prune the same model at another ratio without evaluating a
 single mask:
 
 ```python

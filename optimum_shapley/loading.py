@@ -10,12 +10,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["PACKAGED_MODELS", "MissingModelPackageError", "PackagedModel", "load_causal_lm", "resolve_model_source"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "MissingModelPackageError",
+    "PackagedModel",
+    "gguf_model_name",
+    "load_causal_lm",
+    "resolve_model_source",
+]
 
 
 class MissingModelPackageError(ImportError):
@@ -89,6 +97,76 @@ def _check_local_source(source: str) -> None:
         )
 
 
+# GGUF metadata value types -> size in bytes of a scalar (8 = string, 9 = array: variable length)
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def gguf_model_name(path: str | os.PathLike) -> str:
+    """The ``general.name`` metadata of a GGUF file, or ``""`` when it is absent or unreadable.
+
+    Reads the metadata header key by key and stops at ``general.name`` (llama.cpp writes the ``general.*`` keys
+    first), in well under a millisecond: ``gguf.GGUFReader`` parses every key, the whole tokenizer vocabulary
+    included (seconds), for this one string."""
+    try:
+        with open(path, "rb") as f:
+            end = os.fstat(f.fileno()).st_size
+
+            def seek(size: int) -> None:
+                if f.seek(size, os.SEEK_CUR) > end:
+                    raise EOFError  # a corrupt length: stop rather than walk past the end
+
+            def read(fmt: str):
+                size = struct.calcsize(fmt)
+                data = f.read(size)
+                if len(data) != size:
+                    raise EOFError
+                return struct.unpack(fmt, data)[0]
+
+            def read_string() -> bytes:
+                size = read("<Q")
+                if size > end - f.tell():
+                    raise EOFError
+                return f.read(size)
+
+            def skip_value(kind: int) -> None:
+                if kind == 8:
+                    seek(read("<Q"))
+                elif kind == 9:
+                    item, count = read("<I"), read("<Q")
+                    if item in _GGUF_SCALAR_SIZES:
+                        seek(_GGUF_SCALAR_SIZES[item] * count)
+                    else:
+                        for _ in range(count):
+                            skip_value(item)
+                else:
+                    seek(_GGUF_SCALAR_SIZES[kind])
+
+            if f.read(4) != b"GGUF" or read("<I") not in (2, 3):  # v1 used 32-bit lengths; big-endian files too
+                return ""
+            read("<Q")  # tensor count
+            for _ in range(read("<Q")):
+                key, kind = read_string(), read("<I")
+                if key == b"general.name" and kind == 8:
+                    return read_string().decode("utf-8", errors="replace").strip()
+                skip_value(kind)
+    except (OSError, EOFError, KeyError, struct.error):
+        pass
+    return ""
+
+
+def _local_gguf_path(source: str, gguf_file: str) -> str | None:
+    """Where the GGUF file that ``from_pretrained`` just read lies on disk (a folder, or the Hub cache)."""
+    path = os.path.join(source, gguf_file)
+    if os.path.isfile(path):
+        return path
+    try:
+        from transformers.utils import cached_file
+
+        return cached_file(source, gguf_file, local_files_only=True, _raise_exceptions_for_missing_entries=False)
+    except Exception:  # only for a cosmetic name: never fail a load over it
+        return None
+
+
 def detach_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
     """Make a de-quantized GGUF model an ordinary float model that ``Trainer`` and ``save_pretrained`` accept."""
     quantizer = getattr(model, "hf_quantizer", None)
@@ -158,6 +236,10 @@ def load_causal_lm(
     if gguf_file:
         detach_gguf_quantizer(model)
         model.weights_source = f"de-quantized from the GGUF file {gguf_file}"  # for the model card
+        # the checkpoint's own name for the card (name_or_path is the folder holding the file: a machine path)
+        path = _local_gguf_path(source, gguf_file)
+        name = gguf_model_name(path) if path else ""
+        model.gguf_name = name or os.path.splitext(os.path.basename(gguf_file))[0]
     alias = PACKAGED_MODELS.get(str(name_or_path).lower())
     if alias is not None:
         model.name_or_path = alias.base_model  # what the card's base_model and PEFT adapters should point to

@@ -8,6 +8,7 @@ the eval dataloader and the accelerator; mask evaluation reuses them in a light 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -21,12 +22,13 @@ from .config import ShapleyPruningConfig
 from .criteria import select_layers
 from .data import CalibrationDataset, build_calibration_dataset
 from .evaluation import MaskEvaluation, MaskEvaluationCache, MaskEvaluator, model_fingerprint, run_fingerprint
+from .evaluation.masks import measure_name
 from .loading import detach_gguf_quantizer
 from .masking import drop_layers, kept_layers_from_mask, num_decoder_layers
 from .result import PruningResult
 from .surrogate import ShapleySurrogate
 
-__all__ = ["SURROGATE_DIR", "ShapleyLayerPruner"]
+__all__ = ["SURROGATE_DIR", "ShapleyLayerPruner", "pruning_arguments"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,19 @@ def _max_positions(model: PreTrainedModel) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def pruning_arguments(output_dir: str, batch_size: int = 8, seed: int = 42, disable_tqdm: bool = False):
+    """The ``TrainingArguments`` a pruning run uses (the CLI's, and the benches', so they choose the same sets):
+    evaluation batch, the cache folder, no logging integration, pinned memory only with CUDA."""
+    return TrainingArguments(
+        output_dir=output_dir,  # the mask-evaluation cache lives here during the run
+        per_device_eval_batch_size=batch_size,
+        report_to="none",
+        disable_tqdm=disable_tqdm,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        seed=seed,
+    )
 
 
 class ShapleyLayerPruner(Trainer):
@@ -81,6 +96,10 @@ class ShapleyLayerPruner(Trainer):
         self.num_layers = num_decoder_layers(model)
         self.num_to_remove = pruning_config.layers_to_remove(self.num_layers)
         self.strata = pruning_config.resolved_strata(self.num_layers)
+        if pruning_config.heal != "none":  # refuse a family no removed set could heal before any work
+            from .healing import check_healing_supported
+
+            check_healing_supported(model, pruning_config.heal, pruning_config.heal_diagonal)
         if surrogate is not None and surrogate.num_layers != self.num_layers:
             raise ValueError(
                 f"the surrogate was trained for a model with {surrogate.num_layers} layers; this model has "
@@ -103,11 +122,26 @@ class ShapleyLayerPruner(Trainer):
                 dataset_config_name=pruning_config.dataset_config_name,
                 split=pruning_config.dataset_split,
                 text_column=pruning_config.text_column,
+                streaming=pruning_config.dataset_streaming,
                 num_samples=pruning_config.num_samples,
                 seq_length=pruning_config.seq_length,
                 seed=pruning_config.seed,
             )
         self.calibration_dataset = calibration_dataset
+        self.verification_dataset = None
+        if pruning_config.verify_samples > 0 and pruning_config.method in VERIFYING_METHODS and processing_class:
+            # multi-fidelity: a larger sample of the same source, another seed, for re-scoring the best sets
+            self.verification_dataset = build_calibration_dataset(
+                processing_class,
+                pruning_config.dataset_name,
+                dataset_config_name=pruning_config.dataset_config_name,
+                split=pruning_config.dataset_split,
+                text_column=pruning_config.text_column,
+                streaming=pruning_config.dataset_streaming,
+                num_samples=pruning_config.verify_samples,
+                seq_length=pruning_config.seq_length,
+                seed=pruning_config.seed + 1,
+            )
         if args is None:
             args = TrainingArguments(
                 output_dir="shapley-pruning", report_to="none", dataloader_pin_memory=torch.cuda.is_available()
@@ -117,24 +151,25 @@ class ShapleyLayerPruner(Trainer):
             model=model, args=args, eval_dataset=calibration_dataset, processing_class=processing_class, **kwargs
         )
         self.result: PruningResult | None = None
+        self.evaluator: MaskEvaluator | None = None  # the calibration evaluator of the last prune()
         self._pruned = False
 
     # ------------------------------------------------------------------------------------------------------------
     # evaluation
 
-    def _calibration_fingerprint(self) -> str:
-        dataset = self.calibration_dataset
+    def _calibration_fingerprint(self, dataset: Any = None) -> str:
+        dataset = dataset if dataset is not None else self.calibration_dataset
         if isinstance(dataset, CalibrationDataset):
             return dataset.fingerprint()
         rows = [dataset[i]["input_ids"] for i in range(len(dataset))]
         return CalibrationDataset(torch.stack([torch.as_tensor(r) for r in rows])).fingerprint()
 
-    def _calibration_batches(self):
-        if self.accelerator.num_processes > 1:
+    def _calibration_batches(self, dataset: Any = None):
+        if dataset is not None or self.accelerator.num_processes > 1:
             # processes split the masks, not the data: each evaluates whole masks on the whole calibration set, so
             # the Trainer's sharded eval dataloader would give every process a different (partial) loss
             return torch.utils.data.DataLoader(
-                self.calibration_dataset,
+                dataset if dataset is not None else self.calibration_dataset,
                 batch_size=self.args.eval_batch_size,
                 collate_fn=self.data_collator,
                 num_workers=self.args.dataloader_num_workers,
@@ -142,13 +177,50 @@ class ShapleyLayerPruner(Trainer):
             )
         return self.get_eval_dataloader(self.calibration_dataset)
 
-    def mask_evaluator(self, cache: MaskEvaluationCache | None = None) -> MaskEvaluator:
+    @property
+    def objective(self) -> str:
+        """What each mask evaluation measures besides the NLL: the KL to the dense model for ``utility="kl"``."""
+        config = self.pruning_config
+        wants_kl = (config.method == "shapley" and config.utility == "kl") or config.method in KL_METHODS
+        return "kl" if wants_kl else "nll"
+
+    def mask_evaluator(self, cache: MaskEvaluationCache | None = None, verifier: bool = False) -> MaskEvaluator:
         """A ``MaskEvaluator`` over the Trainer's eval dataloader, evaluating through ``evaluate_mask``.
 
         Groups of masks share their common kept-layer prefixes (``share_prefixes``) unless a subclass overrides
-        ``evaluate_mask``: then every mask goes through the override, one plain evaluation each."""
+        ``evaluate_mask``: then every mask goes through the override, one plain evaluation each. With ``verifier``
+        and a verification set, the evaluator carries a second one over it (same cache folder, its own
+        fingerprint) for multi-fidelity verification."""
         overridden = getattr(self.evaluate_mask, "__func__", None) is not _PLAIN_EVALUATE_MASK
         share = self.pruning_config.share_prefixes and not overridden
+        config = self.pruning_config
+        second = None
+        if verifier and self.verification_dataset is not None:
+            dataset = self.verification_dataset
+            second = MaskEvaluator(
+                self.model,
+                lambda: self._calibration_batches(dataset),
+                prepare=self._prepare_inputs,
+                cache=(
+                    MaskEvaluationCache(
+                        cache.directory,
+                        run_fingerprint(
+                            getattr(self, "_model_fp", None) or model_fingerprint(self.model),
+                            self._calibration_fingerprint(dataset),
+                            measure_name(self.objective, config.kl_top_k),
+                        ),
+                        persist=cache.persist,
+                    )
+                    if cache is not None
+                    else None
+                ),
+                num_layers=self.num_layers,
+                show_progress=not self.args.disable_tqdm and self.is_world_process_zero(),
+                accelerator=self.accelerator,
+                share_prefixes=share,
+                objective=self.objective,
+                kl_top_k=config.kl_top_k,
+            )
         return MaskEvaluator(
             self.model,
             self._calibration_batches,
@@ -159,11 +231,34 @@ class ShapleyLayerPruner(Trainer):
             run=None if share else (lambda kept: self.evaluate_mask(kept)),
             accelerator=self.accelerator,  # under `accelerate launch`, processes share the masks to evaluate
             share_prefixes=share,
+            objective=self.objective,
+            kl_top_k=config.kl_top_k,
+            verifier=second,
         )
 
     def evaluate_mask(self, keep: Any) -> MaskEvaluation:
         """Token-weighted calibration NLL of the model with only ``keep`` layers: one real model evaluation."""
-        return self.mask_evaluator().forward(kept_layers_from_mask(keep, self.num_layers))
+        if getattr(self, "_forward_evaluator", None) is None:  # one evaluator: the KL reference is built once
+            self._forward_evaluator = self.mask_evaluator()
+            main = getattr(self, "evaluator", None)
+            if main is not None and main.objective == self._forward_evaluator.objective:
+                self._forward_evaluator._references = main.references()  # the run's dense pass, not a second one
+        return self._forward_evaluator.forward(kept_layers_from_mask(keep, self.num_layers))
+
+    def calibration_evaluator(self, model_fp: str | None = None) -> MaskEvaluator:
+        """The evaluator ``prune()`` uses: this model's masks on the calibration set, through the run's cache in
+        ``args.output_dir`` (and the verification set's evaluator, when there is one). Call it before ``prune()``
+        to evaluate masks of the dense model yourself; every result lands in (or comes from) the same cache."""
+        if model_fp is None:
+            model_fp = model_fingerprint(self.model)
+        self._model_fp = model_fp
+        measure = measure_name(self.objective, self.pruning_config.kl_top_k)
+        cache = MaskEvaluationCache(
+            self.args.output_dir,
+            run_fingerprint(model_fp, self._calibration_fingerprint(), measure),
+            persist=self.is_world_process_zero(),  # one writer; the other processes get results by gathering
+        )
+        return self.mask_evaluator(cache, verifier=True)
 
     # ------------------------------------------------------------------------------------------------------------
     # the job
@@ -184,12 +279,7 @@ class ShapleyLayerPruner(Trainer):
                 "contributions do not transfer between weights; load the exact checkpoint and dtype it was trained "
                 "on, or prune without a surrogate to train one for this model"
             )
-        cache = MaskEvaluationCache(
-            self.args.output_dir,
-            run_fingerprint(model_fp, self._calibration_fingerprint()),
-            persist=self.is_world_process_zero(),  # one writer; the other processes get results by gathering
-        )
-        evaluator = self.mask_evaluator(cache)
+        evaluator = self.evaluator = self.calibration_evaluator(model_fp)
         timings = {"fingerprint": time.perf_counter() - start}
 
         choice = select_layers(
@@ -203,6 +293,7 @@ class ShapleyLayerPruner(Trainer):
         )
         timings["selection"] = choice.seconds
         details = dict(choice.details)
+        game = details.pop("game", {})
         if details.get("surrogate") is not None:
             self.surrogate = details.pop("surrogate")
         fit = details.pop("surrogate_fit", None)
@@ -221,9 +312,16 @@ class ShapleyLayerPruner(Trainer):
 
             if any(other != removed for other in gather_object([removed])):
                 raise RuntimeError("the processes chose different layers; run them with the same model and data")
-            details["evaluations_per_process"] = gather_object([evaluator.num_run_here])
+            here = evaluator.num_run_here + (evaluator.verifier.num_run_here if evaluator.verifier else 0)
+            details["evaluations_per_process"] = gather_object([here])
 
-        drop_layers(self.model, removed)
+        healing = self._heal(removed, evaluate_calibration, timings) if config.heal != "none" else {}
+        if not healing:
+            drop_layers(self.model, removed)
+        evaluators = [evaluator] + ([evaluator.verifier] if evaluator.verifier is not None else [])
+        reference_passes = sum(e.reference_passes for e in evaluators)
+        if reference_passes:
+            details["reference_passes"] = reference_passes  # dense passes that only rebuilt the KL reference
         self._pruned = True
         timings["total"] = time.perf_counter() - start
         dataset = self.calibration_dataset
@@ -250,16 +348,49 @@ class ShapleyLayerPruner(Trainer):
                 "num_samples": len(dataset),
                 "seq_length": int(torch.as_tensor(dataset[0]["input_ids"]).numel()),
             },
-            num_model_evaluations=evaluator.num_run,
-            num_cached_evaluations=evaluator.num_cached,
+            num_model_evaluations=sum(e.num_run for e in evaluators),
+            num_cached_evaluations=sum(e.num_cached for e in evaluators),
             selection_evaluations=choice.num_model_evaluations,
             selection_seconds=choice.seconds,
+            verification_evaluations=choice.num_verification_evaluations,
+            tokens_processed=choice.tokens_processed,
+            game=game,
+            value_check=(
+                {k: game["value_check"][k] for k in ("spearman", "num_evaluations", "new_evaluations")}
+                if game.get("value_check")
+                else {}
+            ),
             details=details,
             timings=timings,
             config=config.to_dict(),
             weights_source=str(getattr(self.model, "weights_source", "") or ""),
+            healing=healing,
         )
         return self.result
+
+    def _heal(self, removed: list[int], evaluate_calibration: bool, timings: dict[str, float]) -> dict[str, Any]:
+        """Training-free healing (``pruning_config.heal``) on the still-dense model, then the removal; the report
+        goes to ``config.layer_pruning`` and to the result, with the healed calibration perplexity when asked."""
+        from .evaluation.masks import evaluate_batches
+        from .healing import heal_removed_layers, record_healing
+
+        config = self.pruning_config
+        report = heal_removed_layers(
+            self.model,
+            removed,
+            (self._prepare_inputs(batch) for batch in self._calibration_batches()),
+            method=config.heal,
+            ridge=config.heal_ridge if config.heal == "linear" else 0.0,
+            diagonal=config.heal_diagonal,
+        )
+        drop_layers(self.model, removed)
+        record_healing(self.model, report)
+        timings["healing"] = report.seconds
+        healing = report.to_dict()
+        if evaluate_calibration:
+            nll, tokens = evaluate_batches(self.model, self._calibration_batches(), prepare=self._prepare_inputs)
+            healing["calibration_ppl_after"] = math.exp(min(nll / max(tokens, 1), 700.0))
+        return healing
 
     def recover(self, dataset: Any, lora_config: Any = None, training_args: Any = None, **kwargs: Any) -> Any:
         """Heal the pruned model with LoRA (see :func:`optimum_shapley.recovery.recover`; same arguments, e.g.
@@ -346,6 +477,12 @@ class ShapleyLayerPruner(Trainer):
                 commit_message=commit_message,
             )
 
+
+KL_METHODS = ("evopress",)
+"""Methods whose fitness is the KL to the dense model whatever the utility (``shapley`` follows ``utility``)."""
+
+VERIFYING_METHODS = ("shapley", "evopress")
+"""Methods that re-score their best sets on the larger verification sample (``verify_samples``)."""
 
 _PLAIN_EVALUATE_MASK = ShapleyLayerPruner.evaluate_mask
 """What ``mask_evaluator`` compares against: a subclass or patch of ``evaluate_mask`` turns prefix sharing off."""

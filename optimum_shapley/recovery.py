@@ -406,13 +406,13 @@ def recover(
 def save_model_and_adapter(model: Any, folder: str, base_model_name_or_path: str | None = None) -> None:
     """Save a ``PeftModel``'s base weights to ``folder`` (loadable with plain ``from_pretrained``) and its adapter
     to ``folder/adapter``; the adapter records ``base_model_name_or_path`` (the folder or Hub repo of the base)."""
-    base = model.get_base_model()
-    state = {}
-    for name, tensor in base.state_dict().items():
-        if ".lora_" in name:
-            continue  # adapter weights go to adapter/
-        state[name.replace(".base_layer.", ".")] = tensor
-    base.save_pretrained(folder, state_dict=state)
+    peft = _require_peft()
+    if not hasattr(peft, "get_base_model_state_dict"):
+        raise ImportError(
+            f"saving a kept LoRA adapter needs peft>=0.20 (found {peft.__version__}): pip install -U peft"
+        )
+    # the base weights under their original names, without the adapter's (PEFT's own key mapping, not a string edit)
+    model.get_base_model().save_pretrained(folder, state_dict=peft.get_base_model_state_dict(model))
     config = model.peft_config["default"]
     previous = config.base_model_name_or_path
     config.base_model_name_or_path = base_model_name_or_path or previous

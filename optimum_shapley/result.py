@@ -19,7 +19,8 @@ class PruningResult:
     ``values``/``stderr`` are indexed by the original layer; ``removed_layers`` are the ``num_removed`` lowest.
     ``masks`` (``"1101..."`` strings, layer 0 first) line up with ``mean_nll`` and ``utilities``: a mask whose loss
     was not finite keeps its place with the worst utility. ``num_model_evaluations`` counts real forward passes
-    over the calibration set run by this call; ``num_cached_evaluations`` the ones read back from the cache;
+    over the calibration set (or the verification set) run by this call; ``num_cached_evaluations`` the ones read
+    back from the cache;
     ``selection_evaluations`` what the method needs, cache or not (its cost, comparable across methods), and
     ``selection_seconds`` how long the selection took. Methods without per-layer scores leave ``values`` empty.
     """
@@ -50,9 +51,15 @@ class PruningResult:
     timings: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     weights_source: str = ""  # e.g. "de-quantized from the GGUF file ..."
+    base_model_name: str = ""  # what the model card calls the base model, never a machine path (hub.checkpoint_name)
     recovery: dict[str, Any] = field(default_factory=dict)  # RecoveryResult.to_dict() after pruner.recover()
     # held-out evaluation: {"protocol": {...}, "results": {"dense"|"pruned"|"recovered": EvaluationSuite.run()}}
     evaluation: dict[str, Any] = field(default_factory=dict)
+    verification_evaluations: int = 0  # passes over the larger verification set (multi-fidelity)
+    tokens_processed: int = 0  # input tokens of every evaluation the method needed
+    game: dict[str, Any] = field(default_factory=dict)  # criteria.shapley.GameEvidence of a shapley run
+    value_check: dict[str, Any] = field(default_factory=dict)  # {"spearman", "num_evaluations", "new_evaluations"}
+    healing: dict[str, Any] = field(default_factory=dict)  # healing.HealingReport.to_dict() when heal != "none"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +73,13 @@ class PruningResult:
     def from_json_file(cls, path: str | os.PathLike) -> PruningResult:
         with open(path, encoding="utf-8") as f:
             return cls(**json.load(f))
+
+    def _evaluations_text(self) -> str:
+        text = f"{self.num_model_evaluations} run, {self.num_cached_evaluations} from cache"
+        passes = (self.details or {}).get("reference_passes")
+        if passes:
+            text += f" (+{passes} dense pass{'es' if passes > 1 else ''} rebuilding the KL reference)"
+        return text
 
     def summary_rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs for the CLI summary and the model card."""
@@ -92,10 +106,22 @@ class PruningResult:
                 ("surrogate held-out R^2", fmt(fit.get("validation_r2"))),
                 ("surrogate held-out Spearman", fmt(fit.get("validation_spearman"))),
             ]
+        from .game_report import game_summary_rows
+
+        rows += game_summary_rows(self)
+        cost = f"{self.selection_evaluations} model evaluations"
+        if self.verification_evaluations:
+            cost += f" + {self.verification_evaluations} on the verification blocks"
+        if self.tokens_processed:
+            cost += f" ({self.tokens_processed:,} tokens)"
         rows += [
-            ("method cost", f"{self.selection_evaluations} model evaluations, {self.selection_seconds:.1f} s"),
-            ("model evaluations", f"{self.num_model_evaluations} run, {self.num_cached_evaluations} from cache"),
+            ("method cost", f"{cost}, {self.selection_seconds:.1f} s"),
+            ("model evaluations", self._evaluations_text()),
         ]
+        if self.healing:
+            from .healing import healing_summary
+
+            rows.append(("healing", healing_summary(self.healing)))
         if self.recovery:
             from .recovery import recovery_summary_rows
 

@@ -6,11 +6,19 @@ calls the surrogate one row at a time inside Python loops over samples and layer
 minutes. Here every estimator builds its masks as batches of rows (at most ``batch_rows`` rows at once) and calls the
 utility once per batch; the only Python loops run over batches.
 
-Two estimators:
+Estimators:
 
+* :func:`region_values` (``local`` and ``semivalue``) -- a probabilistic value (Weber 1988) of the game restricted to
+  the coalitions the surrogate was trained and validated on: per player, the mean of ``f(S + i) - f(S - i)`` over
+  kept sets ``S`` of the target size, either uniform (``semivalue``: the expected marginal at the target size) or
+  within a few swaps of a centre, the best kept set verified on the real model (``local``: the marginals that decide
+  the cut). With an ensemble surrogate the standard error adds the members' spread (the surrogate's own
+  uncertainty) to the Monte Carlo error.
 * :func:`permutation_shapley` -- true Shapley values by permutation sampling (Castro, Gomez and Tejada 2009), with
   antithetic (permutation, reversed permutation) pairs. Each permutation gives every player exactly one marginal
   contribution, and the marginals of one permutation sum to ``f(full) - f(empty)`` (efficiency holds exactly).
+  It averages over every coalition size from 0 to L: on a surrogate trained near the target, most of those
+  marginals are extrapolation (kept as an option that says so).
 * :func:`paper_contributions` -- the published estimator: the mean of ``f(S + i) - f(S - i)`` over masks ``S`` drawn
   from a few kept-layer counts. It is not the Shapley value (it weights coalitions by the strata, not by the Shapley
   kernel) and is kept for reproducing the paper.
@@ -30,19 +38,23 @@ import torch
 
 __all__ = [
     "ESTIMATORS",
+    "REGION_ESTIMATORS",
     "ShapleyEstimate",
     "UtilityFn",
     "estimate_contributions",
     "paper_contributions",
     "paper_contributions_on_masks",
     "permutation_shapley",
+    "region_values",
     "sample_paper_masks",
+    "sample_region_masks",
 ]
 
 UtilityFn = Callable[[torch.Tensor], torch.Tensor]
 """Float32 ``(N, L)`` 0/1 masks -> ``(N,)`` utilities; always called under ``torch.no_grad()``."""
 
-ESTIMATORS = ("permutation", "paper")
+ESTIMATORS = ("local", "semivalue", "permutation", "paper")
+REGION_ESTIMATORS = ("local", "semivalue")
 
 DEFAULT_BATCH_ROWS = 32768  # fits CPU caches: about 2x faster than 262144 for a 30-layer surrogate
 # Permutations / masks are drawn from the generator in blocks of this many, independent of ``batch_rows``, so that
@@ -56,10 +68,14 @@ class ShapleyEstimate:
 
     values: np.ndarray  # (L,) float64
     stderr: np.ndarray  # (L,) float64 standard error of each value (NaN when it cannot be estimated: one sample)
-    estimator: str  # "permutation" or "paper"
-    num_samples: int  # permutations (permutation) or sampled coalitions (paper)
+    estimator: str  # "local", "semivalue", "permutation" or "paper"
+    num_samples: int  # permutations (permutation) or sampled coalitions (the others)
     num_utility_calls: int  # total rows passed to utility_fn
     seconds: float
+    mc_stderr: np.ndarray | None = None  # the Monte Carlo part of stderr (region estimators)
+    surrogate_stderr: np.ndarray | None = None  # the ensemble-spread part of stderr (region estimators)
+    coalition_sizes: tuple[int, int] | None = None  # sizes of the coalitions of other layers the marginals are at
+    region: str = ""  # in words: which coalitions the values average over
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (lists instead of arrays; a non-finite standard error becomes ``None``)."""
@@ -67,14 +83,20 @@ class ShapleyEstimate:
         def as_list(array: np.ndarray) -> list[float | None]:
             return [float(v) if math.isfinite(v) else None for v in np.asarray(array, dtype=np.float64).tolist()]
 
-        return {
+        out = {
             "values": as_list(self.values),
             "stderr": as_list(self.stderr),
             "estimator": self.estimator,
             "num_samples": int(self.num_samples),
             "num_utility_calls": int(self.num_utility_calls),
             "seconds": float(self.seconds),
+            "region": self.region,
+            "coalition_sizes": list(self.coalition_sizes) if self.coalition_sizes is not None else None,
         }
+        for name in ("mc_stderr", "surrogate_stderr"):
+            if getattr(self, name) is not None:
+                out[name] = as_list(getattr(self, name))
+        return out
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -319,6 +341,101 @@ def paper_contributions(
     return estimate
 
 
+# --------------------------------------------------------------------------------------------------- region
+
+
+def sample_region_masks(
+    num_players: int,
+    kept_count: int,
+    num_samples: int,
+    *,
+    center: np.ndarray | None = None,
+    radius: int = 2,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``(num_samples, L)`` kept sets of exactly ``kept_count`` players.
+
+    Without ``center``: uniform subsets of that size. With ``center`` (a boolean kept set of that size): the centre
+    after ``r`` random swaps (one kept player out, one removed player in), ``r`` uniform in ``0..radius``, so that
+    the region is the neighbourhood a search around the centre has verified. Same arguments, same masks.
+    """
+    num_players = _check_positive_int("num_players", num_players)
+    num_samples = _check_positive_int("num_samples", num_samples)
+    if not 1 <= kept_count <= num_players - 1:
+        raise ValueError(f"kept_count must be in [1, {num_players - 1}], got {kept_count}")
+    generator = torch.Generator().manual_seed(int(seed))
+    if center is None:
+        rank = _inverse_permutations(_random_permutations(generator, num_samples, num_players))
+        return rank < kept_count
+    center_t = torch.as_tensor(np.asarray(center, dtype=bool))
+    if center_t.shape != (num_players,) or int(center_t.sum()) != kept_count:
+        raise ValueError(f"center must be a boolean kept set of {kept_count} of {num_players} players")
+    masks = center_t.expand(num_samples, num_players).clone()
+    swaps = torch.randint(0, int(radius) + 1, (num_samples,), generator=generator)
+    rows = torch.arange(num_samples)
+    for step in range(int(radius)):
+        active = swaps > step
+        # one random kept player out and one random removed player in, for the rows still swapping
+        kept_noise = torch.rand(num_samples, num_players, generator=generator).masked_fill(~masks, -1.0)
+        removed_noise = torch.rand(num_samples, num_players, generator=generator).masked_fill(masks, -1.0)
+        out_player, in_player = kept_noise.argmax(dim=1), removed_noise.argmax(dim=1)
+        masks[rows[active], out_player[active]] = False
+        masks[rows[active], in_player[active]] = True
+    return masks
+
+
+def region_values(
+    surrogate: torch.nn.Module,
+    num_players: int,
+    kept_count: int,
+    *,
+    num_samples: int = 20000,
+    center: np.ndarray | None = None,
+    radius: int = 2,
+    seed: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> ShapleyEstimate:
+    """Each player's mean ``f(S + i) - f(S - i)`` over kept sets ``S`` of ``kept_count`` players (see
+    :func:`sample_region_masks`), on the surrogate, with ensemble-aware error bars.
+
+    For ``S`` of the target size, a kept player's marginal is taken at a coalition of ``kept_count - 1`` others and a
+    removed player's at one of ``kept_count``: every queried mask has ``kept_count - 1`` to ``kept_count + 1`` kept
+    layers, the sizes the search trains the surrogate on. The standard error is ``sqrt(mc^2 + spread^2)``: the Monte
+    Carlo error of the mean surrogate and the standard deviation of the values over the ensemble's members (zero for
+    a single network, which then claims no surrogate uncertainty).
+    """
+    start = time.perf_counter()
+    masks = sample_region_masks(num_players, kept_count, num_samples, center=center, radius=radius, seed=seed)
+    mean = paper_contributions_on_masks(surrogate, masks, batch_rows=batch_rows)
+    members = surrogate.members if getattr(surrogate, "ensemble_size", 1) > 1 else []
+    spread = np.zeros(num_players)
+    calls = mean.num_utility_calls
+    if members:
+        per_member = []
+        for index in range(len(members)):
+            estimate = paper_contributions_on_masks(surrogate.member(index), masks, batch_rows=batch_rows)
+            per_member.append(estimate.values)
+            calls += estimate.num_utility_calls
+        spread = np.std(np.stack(per_member), axis=0, ddof=1)
+    region = (
+        f"kept sets of {kept_count} layers within {radius} swaps of the best verified set"
+        if center is not None
+        else f"uniformly random kept sets of {kept_count} layers"
+    )
+    return ShapleyEstimate(
+        values=mean.values,
+        stderr=np.sqrt(mean.stderr**2 + spread**2),
+        estimator="local" if center is not None else "semivalue",
+        num_samples=num_samples,
+        num_utility_calls=calls,
+        seconds=time.perf_counter() - start,
+        mc_stderr=mean.stderr,
+        surrogate_stderr=spread,
+        coalition_sizes=(kept_count - 1, kept_count),
+        region=region,
+    )
+
+
 # --------------------------------------------------------------------------------------------------- dispatch
 
 
@@ -332,13 +449,16 @@ def estimate_contributions(
     kept_counts: Sequence[int] | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> ShapleyEstimate:
-    """Per-layer contributions with the named estimator (``"permutation"`` or ``"paper"``).
+    """Per-layer contributions with the named estimator (``"permutation"`` or ``"paper"``; the region estimators
+    ``"local"`` and ``"semivalue"`` are :func:`region_values`, which needs the target and the centre).
 
     ``num_samples`` is the number of permutations or of sampled coalitions. ``kept_counts`` is required by
     ``"paper"`` and ignored by ``"permutation"``.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; accepted values are {', '.join(map(repr, ESTIMATORS))}")
+    if estimator in REGION_ESTIMATORS:
+        raise ValueError(f"the {estimator!r} estimator needs a target size: call region_values")
     num_players = _check_positive_int("num_players", num_players)
     num_samples = _check_positive_int("num_samples", num_samples)
     if estimator == "paper":

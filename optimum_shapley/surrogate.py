@@ -4,6 +4,11 @@ The paper's network (L -> 2L -> 1, CELU, sigmoid output, MSE, SGD) is the defaul
 utility the output is linear and targets are standardised (mean and scale are stored in the module, so its
 predictions are in utility units). A share of the evaluated masks is always held out: R^2 and Spearman rank
 correlation on those masks say whether the surrogate can be trusted, and they are reported wherever results are.
+
+With ``ensemble_size > 1`` the surrogate is an ensemble of such networks, each trained on its own random split:
+the prediction is their mean, and their spread is the surrogate's own uncertainty, which the error bars of the
+values and the search's stopping rule include (Monte Carlo noise alone says nothing about how well a value is known).
+Validation then uses every mask some member held out (each predicted by the members that did not see it).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from torch import nn
 
 from .sampling import mask_to_key
 
-__all__ = ["ShapleySurrogate", "SurrogateFit", "spearman", "train_surrogate"]
+__all__ = ["ShapleySurrogate", "SurrogateFit", "SurrogateMember", "spearman", "train_surrogate"]
+
+SURROGATE_FEATURES = ("mask", "mask+adjacent")
 
 _ACTIVATIONS = {"celu": nn.CELU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -50,6 +57,8 @@ class ShapleySurrogate(
         base_model: str = "",
         model_fingerprint: str = "",
         strata: list[int] | None = None,
+        ensemble_size: int = 1,
+        features: str = "mask",
     ):
         super().__init__()
         if output not in ("sigmoid", "linear"):
@@ -64,23 +73,71 @@ class ShapleySurrogate(
         self.base_model = base_model
         self.model_fingerprint = model_fingerprint
         self.strata = list(strata) if strata is not None else None
+        if isinstance(ensemble_size, bool) or int(ensemble_size) < 1:
+            raise ValueError(f"ensemble_size must be a positive integer, got {ensemble_size!r}")
+        self.ensemble_size = int(ensemble_size)
+        if features not in SURROGATE_FEATURES:
+            raise ValueError(f"features must be one of {SURROGATE_FEATURES}, got {features!r}")
+        self.features = features
         hidden = hidden_multiplier * num_layers
-        self.net = nn.Sequential(nn.Linear(num_layers, hidden), _ACTIVATIONS[activation](), nn.Linear(hidden, 1))
+        inputs = num_layers + (num_layers - 1 if features == "mask+adjacent" else 0)
 
-    def raw(self, masks: torch.Tensor) -> torch.Tensor:
-        """Output before de-standardisation (what the MSE loss sees)."""
-        y = self.net(masks.to(self.net[0].weight.dtype)).squeeze(-1)
+        def member() -> nn.Sequential:
+            return nn.Sequential(nn.Linear(inputs, hidden), _ACTIVATIONS[activation](), nn.Linear(hidden, 1))
+
+        self.net = member()  # the first member keeps the single network's parameter names
+        self.extra_members = nn.ModuleList(member() for _ in range(self.ensemble_size - 1))
+
+    @property
+    def members(self) -> list[nn.Module]:
+        return [self.net, *self.extra_members]
+
+    def encode(self, masks: torch.Tensor) -> torch.Tensor:
+        """The network's input: the mask, and with ``mask+adjacent`` one feature per pair of neighbouring layers
+        that are both removed (removing a contiguous block is not the sum of removing its layers)."""
+        masks = masks.float()
+        if self.features == "mask":
+            return masks
+        removed = 1.0 - masks
+        return torch.cat([masks, removed[..., 1:] * removed[..., :-1]], dim=-1)
+
+    def raw(self, masks: torch.Tensor, member: int = 0) -> torch.Tensor:
+        """One member's output before de-standardisation (what the MSE loss sees)."""
+        net = self.members[member]
+        y = net(self.encode(masks).to(net[0].weight.dtype)).squeeze(-1)
         return torch.sigmoid(y) if self.output == "sigmoid" else y
 
-    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+    def member_predictions(self, masks: torch.Tensor) -> torch.Tensor:
+        """``(ensemble_size, N)`` predicted utilities, one row per member."""
         if masks.shape[-1] != self.num_layers:
             raise ValueError(f"this surrogate takes masks over {self.num_layers} layers, got {masks.shape[-1]}")
-        return self.raw(masks) * self.target_scale + self.target_mean
+        rows = [self.raw(masks, m) for m in range(self.ensemble_size)]
+        return torch.stack(rows) * self.target_scale + self.target_mean
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        return self.member_predictions(masks).mean(dim=0)
+
+    def member(self, index: int) -> SurrogateMember:
+        """Member ``index`` as a callable utility of its own (for values per member)."""
+        return SurrogateMember(self, index)
 
     @classmethod
     def _load_as_pickle(cls, model, model_file, map_location, strict):
         """The Hub mixin falls back to a pickled ``pytorch_model.bin``; surrogates load from safetensors only."""
         raise ValueError(f"{model_file}: a surrogate must be a model.safetensors file; pickled checkpoints are refused")
+
+
+class SurrogateMember(nn.Module):
+    """One member of an ensemble surrogate, as a ``masks -> utilities`` module."""
+
+    def __init__(self, surrogate: ShapleySurrogate, index: int):
+        super().__init__()
+        self.surrogate = surrogate
+        self.index = index
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        s = self.surrogate
+        return s.raw(masks, self.index) * s.target_scale + s.target_mean
 
 
 @dataclass
@@ -98,6 +155,7 @@ class SurrogateFit:
     validation_masks: list[str] = field(default_factory=list)
     validation_measured: list[float] = field(default_factory=list)
     validation_predicted: list[float] = field(default_factory=list)
+    ensemble_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,9 +210,15 @@ def train_surrogate(
     seed: int = 0,
     metadata: dict[str, Any] | None = None,
     mask_keys: list[str] | None = None,
+    ensemble_size: int = 1,
+    features: str = "mask",
 ) -> tuple[ShapleySurrogate, SurrogateFit]:
     """Train on at least ``1 - validation_fraction`` of the masks, validate on the rest (row 0, the full model,
-    always trains). Returns the surrogate (trained on the training split only) and its fit report."""
+    always trains). Returns the surrogate (trained on the training split only) and its fit report.
+
+    With ``ensemble_size`` members, member ``m`` uses the split and initialisation of seed ``seed + m``; a mask's
+    validation prediction is the mean of the members that held it out (out-of-bag), so the report covers every
+    mask some member did not see."""
     masks = np.asarray(masks, dtype=bool)
     utilities = np.asarray(utilities, dtype=np.float64)
     if masks.ndim != 2 or len(masks) != len(utilities):
@@ -166,15 +230,16 @@ def train_surrogate(
     if num_validation < 2 or n - num_validation < 2:
         raise ValueError(f"{n} evaluated masks are too few to train and validate a surrogate (need at least 10)")
 
-    rng = np.random.default_rng(seed)
-    order = 1 + rng.permutation(n - 1)
-    validation_idx = np.sort(order[:num_validation])
-    train_idx = np.sort(np.concatenate([[0], order[num_validation:]]))
-
     output = "sigmoid" if utility == "ppl_ratio" else "linear"
+    splits = []
+    for m in range(int(ensemble_size)):
+        order = 1 + np.random.default_rng(seed + m).permutation(n - 1)
+        splits.append((np.sort(np.concatenate([[0], order[num_validation:]])), np.sort(order[:num_validation])))
+    train_idx = splits[0][0]
+    trained = np.unique(np.concatenate([member_train for member_train, _ in splits]))
     if output == "linear":
-        target_mean = float(utilities[train_idx].mean())
-        target_scale = float(utilities[train_idx].std()) or 1.0
+        target_mean = float(utilities[trained].mean())
+        target_scale = float(utilities[trained].std()) or 1.0
     else:
         target_mean, target_scale = 0.0, 1.0
     torch.manual_seed(seed)
@@ -186,32 +251,45 @@ def train_surrogate(
         target_mean=target_mean,
         target_scale=target_scale,
         utility=utility,
+        ensemble_size=ensemble_size,
+        features=features,
         **(metadata or {}),
     )
     x = torch.from_numpy(masks.astype(np.float32))
     y = torch.from_numpy(((utilities - target_mean) / target_scale).astype(np.float32))
-    x_train, y_train = x[train_idx], y[train_idx]
-    optimizer = torch.optim.SGD(surrogate.parameters(), lr=learning_rate, momentum=momentum)
-    generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     surrogate.train()
-    for _ in range(epochs):
-        permutation = torch.randperm(len(x_train), generator=generator)
-        for begin in range(0, len(x_train), batch_size):
-            batch = permutation[begin : begin + batch_size]
-            optimizer.zero_grad()
-            loss = nn.functional.mse_loss(surrogate.raw(x_train[batch]), y_train[batch])
-            loss.backward()
-            optimizer.step()
+    for m, (member_train, _) in enumerate(splits):
+        torch.manual_seed(seed + m)
+        for layer in surrogate.members[m]:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        x_train, y_train = x[member_train], y[member_train]
+        optimizer = torch.optim.SGD(surrogate.members[m].parameters(), lr=learning_rate, momentum=momentum)
+        generator = torch.Generator().manual_seed(seed + m)
+        for _ in range(epochs):
+            permutation = torch.randperm(len(x_train), generator=generator)
+            for begin in range(0, len(x_train), batch_size):
+                batch = permutation[begin : begin + batch_size]
+                optimizer.zero_grad()
+                loss = nn.functional.mse_loss(surrogate.raw(x_train[batch], m), y_train[batch])
+                loss.backward()
+                optimizer.step()
     surrogate.eval()
     with torch.no_grad():
-        predicted = surrogate(x).double().numpy()
-    measured_val, predicted_val = utilities[validation_idx], predicted[validation_idx]
+        per_member = surrogate.member_predictions(x).double().numpy()  # (M, n)
+    held_out = np.zeros((len(splits), n), dtype=bool)
+    for m, (_, member_validation) in enumerate(splits):
+        held_out[m, member_validation] = True
+    validation_idx = np.flatnonzero(held_out.any(axis=0))
+    out_of_bag = (per_member * held_out).sum(axis=0) / np.maximum(held_out.sum(axis=0), 1)
+    in_bag = (per_member * ~held_out).sum(axis=0) / np.maximum((~held_out).sum(axis=0), 1)
+    measured_val, predicted_val = utilities[validation_idx], out_of_bag[validation_idx]
     keys = mask_keys or [mask_to_key(row) for row in masks]
     fit = SurrogateFit(
         num_train=len(train_idx),
         num_validation=len(validation_idx),
-        train_r2=_r2(utilities[train_idx], predicted[train_idx]),
+        train_r2=_r2(utilities, in_bag),
         validation_r2=_r2(measured_val, predicted_val),
         validation_spearman=spearman(measured_val, predicted_val),
         validation_rmse=float(np.sqrt(((measured_val - predicted_val) ** 2).mean())),
@@ -220,5 +298,6 @@ def train_surrogate(
         validation_masks=[keys[i] for i in validation_idx],
         validation_measured=measured_val.tolist(),
         validation_predicted=predicted_val.tolist(),
+        ensemble_size=int(ensemble_size),
     )
     return surrogate, fit

@@ -91,14 +91,16 @@ def read_bytes(folder: str, name: str) -> bytes:
 
 
 def cached_masks(path: str) -> list[str]:
-    """Masks of the readable records of a cache file, in file order (a cut-off last line is skipped)."""
+    """``fingerprint:mask`` of the readable records of a cache file, in file order (a cut-off last line is skipped;
+    the calibration and verification sets' records share the file under their own fingerprints)."""
     masks = []
     if not os.path.exists(path):
         return masks
     with open(path, "rb") as f:
         for raw in f:
             try:
-                masks.append(json.loads(raw)["mask"])
+                record = json.loads(raw)
+                masks.append(f"{record['fingerprint'][:12]}:{record['mask']}")
             except (ValueError, KeyError):
                 continue
     return masks

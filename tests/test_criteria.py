@@ -18,10 +18,13 @@ from optimum_shapley.evaluation import MaskEvaluator
 SHAPLEY_OPTIONS = dict(num_masks=30, mc_samples=1000, surrogate_epochs=50, num_samples=4, seq_length=16)
 
 
-def _evaluator(model, ids: torch.Tensor) -> MaskEvaluator:
+def _evaluator(model, ids: torch.Tensor, objective: str = "kl") -> MaskEvaluator:
     dataset = CalibrationDataset(ids)
     return MaskEvaluator(
-        model, lambda: DataLoader(dataset, batch_size=3, collate_fn=default_data_collator), show_progress=False
+        model,
+        lambda: DataLoader(dataset, batch_size=3, collate_fn=default_data_collator),
+        show_progress=False,
+        objective=objective,  # what the default utility (kl) needs; the other criteria read the NLL
     )
 
 
@@ -40,8 +43,9 @@ def _options(method, remove, seed):
 def test_every_criterion_is_valid_and_deterministic(model_type, method):
     model = tiny_model(model_type)
     ids = _random_ids()
-    first = select_layers(method, _evaluator(model, ids), 2, seed=5, **_options(method, 2, 5))
-    again = select_layers(method, _evaluator(model, ids), 2, seed=5, **_options(method, 2, 5))
+    objective = "kl" if method in ("shapley", "evopress") else "nll"
+    first = select_layers(method, _evaluator(model, ids, objective), 2, seed=5, **_options(method, 2, 5))
+    again = select_layers(method, _evaluator(model, ids, objective), 2, seed=5, **_options(method, 2, 5))
     assert len(first.removed_layers) == 2 and len(set(first.removed_layers)) == 2
     assert all(0 <= i < DEPTH for i in first.removed_layers)
     assert first.removed_layers == again.removed_layers
@@ -60,7 +64,7 @@ EXPECTED_COST.update({"reverse-order": 0, "random": 0})
 
 @pytest.mark.parametrize("method", sorted(EXPECTED_COST))
 def test_cost_is_recorded(method):
-    result = select_layers(method, _evaluator(tiny_model("llama"), _random_ids()), 2, seed=0)
+    result = select_layers(method, _evaluator(tiny_model("llama"), _random_ids(), "nll"), 2, seed=0)
     assert result.num_model_evaluations == EXPECTED_COST[method]
 
 
@@ -69,44 +73,47 @@ def _search_options():
     return {"config": ShapleyPruningConfig(num_layers_to_remove=2, search_rounds=4, **SHAPLEY_OPTIONS)}
 
 
-def test_shapley_cost_is_its_masks_plus_verified_candidates():
+def test_shapley_cost_is_its_masks_plus_the_peers_pass():
     result = select_layers(
         "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
     )
-    verified = sum(r["verified"] for r in result.details["search"])
-    assert result.num_model_evaluations == len(result.details["masks"]) == 30 + verified
-    assert result.details["search"][0]["phase"] == "screened elimination"
-    # elimination: all 8 single removals, then at most 7, plus the leave-one-out set; then <= 4 rounds of 8
-    assert 0 < verified <= (8 + 7 + 1) + 4 * 8
+    game = result.details["game"]
+    # every distinct mask it evaluated, plus the one pass that measures angular distance and block influence
+    assert result.num_model_evaluations == len(result.details["masks"]) + 1 == sum(game["spent"].values()) + 1
+    assert result.num_model_evaluations <= game["budget"] + 1 == 2 * (8 + 7) + 1
     single_removals = {"1" * i + "0" + "1" * (7 - i) for i in range(8)}
-    assert single_removals <= set(result.details["masks"])  # the first step evaluates every single removal
+    assert single_removals <= set(result.details["masks"])  # the peers' step evaluates every single removal
 
 
-def test_search_verifies_the_leave_one_out_set():
+def test_the_peers_sets_are_verified_first():
     result = select_layers(
         "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
     )
-    nll = dict(zip(result.details["masks"], result.details["mean_nll"]))
-    alone = sorted(range(8), key=lambda i: (nll["1" * i + "0" + "1" * (7 - i)], i))
-    leave_one_out = "".join("0" if i in alone[:2] else "1" for i in range(8))
-    assert leave_one_out in nll  # the ppl criterion's choice is always among the verified sets
-    assert nll[leave_one_out] >= min(n for m, n in nll.items() if m.count("1") == 6)
+    game = result.details["game"]
+    assert set(game["peers"]) == {"angular", "block-influence", "leave-one-out"}
+    masks = result.details["masks"]
+    for peer in game["peers"].values():
+        key = "".join("0" if i in peer["removed"] else "1" for i in range(8))
+        assert key in masks  # each peer's choice is among the verified sets, so the result is never worse
+        assert min(s["loss"] for s in game["top_sets"]) <= peer["loss"]
 
 
 def test_search_removes_the_best_verified_kept_set():
+    # no verification set on a plain evaluator: the best calibration loss of the target size is removed
     result = select_layers(
         "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
     )
-    assert sum(r["verified"] for r in result.details["search"]) > 0
+    assert result.details["game"]["chosen_on"] == "calibration"
     at_target = [(u, m) for m, u in zip(result.details["masks"], result.details["utilities"]) if m.count("1") == 6]
     best_mask = max(at_target)[1]
     assert result.removed_layers == [i for i, c in enumerate(best_mask) if c == "0"]
 
 
-def test_without_search_the_lowest_contributions_go():
+def test_without_search_the_lowest_values_go():
     options = {"config": ShapleyPruningConfig(num_layers_to_remove=2, search_rounds=0, **SHAPLEY_OPTIONS)}
     result = select_layers("shapley", _evaluator(tiny_model("llama"), _random_ids()), 2, **options)
-    assert "search" not in result.details
+    assert result.details["game"]["chosen_by"] == "lowest values"
+    assert result.details["game"]["chosen_on"] == "surrogate"
     order = sorted(range(DEPTH), key=lambda i: (result.scores[i], i))
     assert result.removed_layers == sorted(order[:2])
 

@@ -98,3 +98,145 @@ def test_push_before_prune_is_refused(tmp_path):
     )
     with pytest.raises(RuntimeError, match="call prune"):
         pruner.push_to_hub("me/x")
+
+
+# ------------------------------------------------------------------------------------------ card names and plots
+
+
+def _result(base_model: str, **overrides):
+    from optimum_shapley.result import PruningResult
+
+    fields = dict(
+        base_model=base_model,
+        method="shapley",
+        num_layers=6,
+        num_removed=2,
+        removed_layers=[3, 4],
+        kept_layers=[0, 1, 2, 5],
+        values=[0.5, 0.4, 0.3, 0.01, 0.02, 0.6],
+        stderr=[0.01] * 6,
+        estimator="permutation",
+        utility="log_ppl_ratio",
+        strata=[3, 4, 5],
+        surrogate_fit={
+            "num_train": 16,
+            "num_validation": 4,
+            "validation_r2": 0.9,
+            "validation_spearman": 0.8,
+            "train_r2": 0.95,
+            "validation_measured": [0.1, 0.2, 0.3, 0.4],
+            "validation_predicted": [0.12, 0.18, 0.33, 0.39],
+        },
+        calibration={"num_samples": 4, "seq_length": 16, "source": base_model},
+    )
+    fields.update(overrides)
+    return PruningResult(**fields)
+
+
+def _write_run(folder, result, model=None):
+    from optimum_shapley import ShapleySurrogate
+    from optimum_shapley.hub import write_run_folder
+
+    write_run_folder(
+        str(folder),
+        model=model if model is not None else tiny_model("llama"),
+        tokenizer=None,
+        pruning_config=ShapleyPruningConfig(num_layers_to_remove=2),
+        result=result,
+        surrogate=ShapleySurrogate(num_layers=6),
+        surrogate_dir="surrogate",
+    )
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    return card, (folder / "surrogate" / "README.md").read_text(encoding="utf-8")
+
+
+def test_gguf_run_card_uses_the_gguf_name_not_the_folder(tmp_path):
+    """A .gguf loaded from a local folder: name_or_path is that folder; the card says the file's general.name."""
+    folder = tmp_path / "models" / "my-gguf-folder"
+    folder.mkdir(parents=True)
+    model = tiny_model("llama")
+    model.name_or_path = str(folder)  # what from_pretrained(folder, gguf_file=...) records
+    model.gguf_name = "Tiny Llama 6L Instruct"  # what load_causal_lm records from the GGUF metadata
+    result = _result(str(folder), calibration={"num_samples": 4, "seq_length": 16, "source": str(tmp_path / "c.txt")})
+    card, surrogate_card = _write_run(tmp_path / "out", result, model)
+
+    assert "# Layer-pruned Tiny Llama 6L Instruct\n" in card
+    assert "This model is `Tiny Llama 6L Instruct` with" in card
+    assert "| base model | Tiny Llama 6L Instruct |" in card
+    assert "`c.txt`" in card  # the calibration file by its name only
+    assert "# Shapley surrogate for Tiny Llama 6L Instruct" in surrogate_card
+    for text in (card, surrogate_card):
+        assert str(tmp_path) not in text and "my-gguf-folder" not in text
+    assert "base_model:" not in card.split("---")[1]  # no Hub link for a local checkpoint
+
+    # recorded with the results: a card rebuilt from them (as `recover` does) names the model the same way
+    from optimum_shapley.hub import build_model_card
+    from optimum_shapley.result import PruningResult
+
+    saved = PruningResult.from_json_file(str(tmp_path / "out" / "shapley_results.json"))
+    assert saved.base_model_name == "Tiny Llama 6L Instruct"
+    assert "# Layer-pruned Tiny Llama 6L Instruct\n" in str(build_model_card(saved))
+
+
+def test_local_folder_run_card_uses_the_folder_name(tmp_path):
+    folder = tmp_path / "deep" / "checkpoints" / "tiny-llama-6l"
+    tiny_model("llama").save_pretrained(folder)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.name_or_path == str(folder)
+    card, surrogate_card = _write_run(tmp_path / "out", _result(model.name_or_path), model)
+    assert "# Layer-pruned tiny-llama-6l\n" in card and "| base model | tiny-llama-6l |" in card
+    assert "# Shapley surrogate for tiny-llama-6l" in surrogate_card
+    assert str(tmp_path) not in card and str(tmp_path) not in surrogate_card
+
+
+def test_hub_id_names_the_card_and_links_the_base_model(tmp_path):
+    model = tiny_model("llama")
+    model.gguf_name = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # a packaged alias: its Hub id is the better name
+    card, _ = _write_run(tmp_path / "out", _result("HuggingFaceTB/SmolLM2-135M-Instruct"), model)
+    assert "# Layer-pruned HuggingFaceTB/SmolLM2-135M-Instruct\n" in card
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "Smollm2 135M 8k" not in card
+
+
+def test_checkpoint_name(tmp_path, monkeypatch):
+    from optimum_shapley.hub import checkpoint_name
+
+    assert checkpoint_name("HuggingFaceTB/SmolLM2-135M", "gguf name") == "HuggingFaceTB/SmolLM2-135M"
+    assert checkpoint_name(str(tmp_path / "folder"), "SmolLM2 135M") == "SmolLM2 135M"  # GGUF general.name
+    assert checkpoint_name(str(tmp_path / "folder")) == "folder"
+    assert checkpoint_name(str(tmp_path / "folder") + os.sep) == "folder"
+    assert checkpoint_name(str(tmp_path / "SmolLM2-135M.Q4_1.gguf")) == "SmolLM2-135M.Q4_1"  # file stem
+    assert checkpoint_name("/abs/path/to/folder") == "folder"
+    assert checkpoint_name("") == ""
+    # owner/name that is an existing local folder is a path, not a Hub id
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert checkpoint_name("org/model") == "model"
+    assert checkpoint_name("./org") == "org" and checkpoint_name(".") == tmp_path.name
+    assert checkpoint_name("not a/valid id!") == "valid id!"  # not a valid repo id: its last component
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    """Plotting uses matplotlib's object API: the process-wide backend stays what the user chose, pyplot unused."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, matplotlib
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_hub import _result
+from optimum_shapley.hub import plot_contributions, plot_surrogate_fit
+result = _result("org/model")
+for plot, name in ((plot_contributions, "a.png"), (plot_surrogate_fit, "b.png")):
+    path = plot(result, {str(tmp_path)!r} + "/" + name)
+    assert open(path, "rb").read(8) == bytes.fromhex("89504e470d0a1a0a"), path
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    env = {**os.environ, "MPLBACKEND": "svg", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["svg", "False"]

@@ -151,18 +151,18 @@ def test_a_mask_that_fails_midway_is_not_used_as_a_prefix(monkeypatch):
     import optimum_shapley.evaluation.prefix_sharing as module
 
     calls = {"n": 0}
-    original = module.token_nll
+    original = module.token_losses
 
-    def second_batch_fails(model, batch):
+    def second_batch_fails(model, batch, reference=None):
         calls["n"] += 1
         if calls["n"] == 2:  # after the first batch overwrote the remembered states
             raise RuntimeError("out of memory")
-        return original(model, batch)
+        return original(model, batch, reference)
 
-    monkeypatch.setattr(module, "token_nll", second_batch_fails)
+    monkeypatch.setattr(module, "token_losses", second_batch_fails)
     with pytest.raises(RuntimeError):
         runner([0, 1, 5])
-    monkeypatch.setattr(module, "token_nll", original)
+    monkeypatch.setattr(module, "token_losses", original)
     after = runner([0, 1, 2, 3, 5])
     plain = _evaluator(model, share=False)
     plain.batches = lambda: batches

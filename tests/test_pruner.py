@@ -49,20 +49,28 @@ def test_result_is_consistent(pruned_run):
     assert isinstance(result, PruningResult)
     assert result.num_layers == DEPTH and result.num_removed == 2
     assert len(result.removed_layers) == 2 and sorted(result.removed_layers + result.kept_layers) == list(range(DEPTH))
-    # the removed layers are the best verified kept set of the target size (surrogate-guided search)
-    at_target = [(u, m) for m, u in zip(result.masks, result.utilities) if m.count("1") == DEPTH - 2]
-    assert result.removed_layers == [i for i, c in enumerate(max(at_target)[1]) if c == "0"]
+    # the removed layers are a verified kept set of the target size: the best of the best few re-scored on the
+    # verification blocks (multi-fidelity), and among the best calibration sets
+    game = result.game
+    assert game["chosen_on"] == "verification"
+    rescored = [s for s in game["top_sets"] if s["verifier_loss"] is not None]
+    best = min(rescored, key=lambda s: s["verifier_loss"])
+    assert result.removed_layers == best["removed"]
     assert len(result.values) == len(result.stderr) == DEPTH
     assert len(result.masks) == len(result.utilities) == len(result.mean_nll)
     assert result.masks[0] == "1" * DEPTH and result.utilities[0] == 0.0  # full model anchors log-ratio utility
     assert len(set(result.masks)) == len(result.masks)
     fit = result.surrogate_fit
-    assert fit["num_train"] >= 0.8 * len(result.masks) and fit["num_validation"] >= 2
+    # the surrogate that gave the values saw every mask but the value check's (which must not grade itself)
+    assert fit["ensemble_size"] == 5 and fit["num_validation"] >= 2
+    assert fit["num_train"] <= len(result.masks) - result.value_check["new_evaluations"]
     assert {"validation_r2", "validation_spearman", "train_r2"} <= fit.keys()
     assert result.calibration_ppl_before > 1 and result.calibration_ppl_after > 1
     # the before/after calibration perplexities are the full model and the chosen kept set: both already evaluated
     # masks, so they cost nothing more and count once
-    assert result.num_model_evaluations + result.num_cached_evaluations == len(result.masks)
+    verification = len(set(pruner.evaluator.verifier.requests))  # the dense pass and the re-scored sets
+    assert verification == result.verification_evaluations
+    assert result.num_model_evaluations + result.num_cached_evaluations == len(result.masks) + verification
     assert "".join("0" if i in result.removed_layers else "1" for i in range(DEPTH)) in result.masks
     assert pruner.model.config.num_hidden_layers == DEPTH - 2
     assert pruner.model.config.layer_pruning["removed_layers"] == result.removed_layers
@@ -106,8 +114,9 @@ def test_model_card_content(pruned_run):
 def test_second_run_reuses_cache(pruned_run):
     _, result, tmp_path, _ = pruned_run
     again = _pruner(tmp_path).prune()
-    assert again.num_model_evaluations == 0
-    assert again.num_cached_evaluations == len(result.masks)  # each distinct mask once
+    # no evaluation runs; two passes rebuild the dense KL reference (calibration and verification sets)
+    assert again.num_model_evaluations == 0 and again.details["reference_passes"] == 2
+    assert again.num_cached_evaluations == len(result.masks) + again.verification_evaluations  # each mask once
     assert again.removed_layers == result.removed_layers
     assert again.values == pytest.approx(result.values)
 
@@ -128,28 +137,31 @@ def test_interrupted_run_resumes_without_reevaluating(tmp_path, monkeypatch):
         pruner.prune()
     cache_path = tmp_path / "run" / CACHE_FILE_NAME
     lines = cache_path.read_text().splitlines()
-    assert len(lines) == 7
+    assert len(lines) == 1 + 7  # the full model (the KL reference pass) and the 7 masks before the interrupt
     with open(cache_path, "a") as f:
         f.write('{"fingerprint": "trunc')  # a record cut off by a crash
     monkeypatch.setattr(ShapleyLayerPruner, "evaluate_mask", original)
     resumed = _pruner(tmp_path).prune()
     kept_mask = "".join("1" if i in resumed.kept_layers else "0" for i in range(DEPTH))
-    # every distinct mask is evaluated exactly once over the two runs: only the 7 cached ones are skipped
-    assert resumed.num_model_evaluations == len(set(resumed.masks) | {kept_mask}) - 7
+    # every distinct mask is evaluated exactly once over the two runs: only the 8 cached ones are skipped
+    # (plus the verification set's passes, which the interrupted run had not reached)
+    new_masks = len(set(resumed.masks) | {kept_mask}) - 8
+    assert resumed.num_model_evaluations == new_masks + resumed.verification_evaluations
     assert all(json.loads(line)["mask"] for line in cache_path.read_text().splitlines() if line.endswith("}"))
 
 
 def test_surrogate_reused_at_another_ratio_without_evaluations(pruned_run, tmp_path):
     _, result, _, out = pruned_run
     surrogate = ShapleySurrogate.from_pretrained(os.path.join(out, "surrogate"), strict=True)
-    pruner = _pruner(tmp_path, surrogate=surrogate, num_layers_to_remove=3)
+    pruner = _pruner(tmp_path, surrogate=surrogate, num_layers_to_remove=3, reuse_candidates=0)
     calls = []
     pruner.evaluate_mask = lambda keep: calls.append(keep)
     again = pruner.prune(evaluate_calibration=False)
-    assert calls == [] and again.num_model_evaluations == 0
-    assert again.num_removed == 3
-    assert again.values == pytest.approx(result.values, abs=1e-6)  # same surrogate, same seed, same estimate
-    assert set(result.removed_layers) <= set(again.removed_layers)
+    assert calls == [] and again.num_model_evaluations == 0 and again.selection_evaluations == 0
+    assert again.num_removed == 3 and again.game["chosen_on"] == "surrogate"
+    assert len(again.values) == DEPTH and all(np.isfinite(again.values))
+    # the values are a fixed point: the 3 lowest of them are the removed layers
+    assert sorted(sorted(range(DEPTH), key=lambda i: (again.values[i], i))[:3]) == again.removed_layers
 
 
 def test_surrogate_for_a_different_depth_is_refused(tmp_path):

@@ -104,6 +104,12 @@ def test_adapter_saves_and_loads_with_peft(tokenizer, text_file, tmp_path):
     assert isinstance(result.model, peft.PeftModel) and not result.merged
     folder = tmp_path / "adapted"
     save_model_and_adapter(result.model, str(folder), str(folder))
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as saved:
+        keys = set(saved.keys())
+    assert keys <= set(original.state_dict()) and "model.layers.0.self_attn.q_proj.weight" in keys  # original names
+    assert any("lora_" in name for name, _ in result.model.named_modules())  # saving left the adapter in place
     assert (folder / ADAPTER_DIR / "adapter_config.json").is_file()
     assert json.loads((folder / ADAPTER_DIR / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
         folder

@@ -391,8 +391,7 @@ def test_bad_input_names_the_task_file_and_line(tmp_path):
 
 @pytest.mark.skipif(
     importlib.util.find_spec("lm_eval") is None,
-    reason="lm-evaluation-harness is not installed (pip install 'optimum-shapley[eval]'; not in the test extra: "
-    "its 34 extra packages would slow down and add network risk to `make test`)",
+    reason="lm-evaluation-harness is not installed (pip install 'optimum-shapley[eval]'; `make install` does)",
 )
 def test_native_scorer_agrees_with_lm_eval(data_dir):
     """lm-eval 0.4's own task configs (prompts, process_docs, metrics), run on the same records with HFLM wrapping

@@ -16,7 +16,7 @@
 from typing import Any
 
 from ..evaluation import MaskEvaluator
-from . import perplexity, shapley, similarity, simple  # noqa: F401  (importing registers the criteria)
+from . import evopress, perplexity, shapley, similarity, simple  # noqa: F401  (importing registers the criteria)
 from .base import CRITERIA, CriterionResult, LayerCriterion, get_criterion, register_criterion
 
 __all__ = [
@@ -29,7 +29,18 @@ __all__ = [
     "select_layers",
 ]
 
-METHODS = ("shapley", "shapley-paper", "block-influence", "angular", "sleb", "ppl", "taylor", "reverse-order", "random")
+METHODS = (
+    "shapley",
+    "shapley-paper",
+    "block-influence",
+    "angular",
+    "sleb",
+    "ppl",
+    "evopress",
+    "taylor",
+    "reverse-order",
+    "random",
+)
 assert set(METHODS) == set(CRITERIA), "every registered criterion is listed in METHODS, in display order"
 
 

@@ -1,9 +1,24 @@
-"""Our method as a criterion: evaluate stratified masks, fit the surrogate, estimate contributions on it.
+"""Our method as a criterion: a cooperative game over the layers, played where it is measured, that chooses the set.
 
-``shapley`` runs with the run's ``ShapleyPruningConfig`` (log-ratio utility, strata around the target, permutation
-Shapley values). ``shapley-paper`` runs the published configuration (the paper's strata shape scaled to the depth,
-``ppl(full)/ppl(mask)`` utility, sigmoid surrogate, the paper's estimator) with our correct layer skipping and the
-same mask budget, so the two compare at equal cost.
+``shapley`` (the default) runs, within a budget of real evaluations (default: twice SLEB's cost):
+
+1. **peers**: the sets of the one-pass criteria (angular distance, block influence) and the leave-one-out set are
+   verified first, so the result is never worse than theirs on the calibration objective;
+2. **design**: random masks from the strata around the target start the surrogate (an ensemble of MLPs);
+3. **elimination**: SLEB screened by the surrogate (from the full model, drop the layer whose removal costs least,
+   evaluating only the layers the surrogate's marginals and the previous step rank cheapest);
+4. **search**: rounds of candidates from the game's values around the best verified set (the k lowest values,
+   swaps of low-value kept layers for high-value removed ones), the surrogate's own optima and the incumbent's
+   one- and two-swap neighbours, ranked by an upper confidence bound over the ensemble, verified on the real
+   model; the loop stops when no candidate can beat the best verified set within the ensemble's uncertainty;
+5. **verification**: the best few verified sets are re-scored on a larger calibration sample (multi-fidelity, as
+   EvoPress does) and the best one there is removed;
+6. **value check**: each layer's real marginal at the chosen set is measured and rank-correlated with its value.
+
+The values are a probabilistic value of the game restricted to where the surrogate was trained: each layer's mean
+marginal over kept sets of the target size near the best verified set (``estimator="local"``). ``shapley-paper``
+keeps the published behaviour (strata fixed for 32 layers, ``ppl(full)/ppl(mask)``, the paper's estimator, the k
+lowest scores removed unverified) with our layer skipping and the same design budget.
 """
 
 from __future__ import annotations
@@ -11,38 +26,265 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..config import ShapleyPruningConfig
 from ..evaluation import MaskEvaluator, utilities_from_nll
 from ..sampling import key_to_mask, mask_to_key, sample_masks
 from ..search import propose_kept_sets, surrogate_predictor
-from ..shapley import estimate_contributions
-from ..surrogate import ShapleySurrogate, train_surrogate
+from ..shapley import ShapleyEstimate, estimate_contributions, region_values, sample_region_masks
+from ..surrogate import ShapleySurrogate, spearman, train_surrogate
 from .base import CriterionResult, LayerCriterion, lowest, register_criterion
+from .hidden_states import collect_block_statistics
+from .similarity import angular_distances
 
-__all__ = ["PAPER_REMOVED_OFFSETS", "ShapleyCriterion", "ShapleyPaperCriterion", "paper_configuration"]
+__all__ = [
+    "PAPER_REMOVED_OFFSETS",
+    "GameEvidence",
+    "ShapleyCriterion",
+    "ShapleyPaperCriterion",
+    "VerifiedSet",
+    "paper_configuration",
+]
 
 logger = logging.getLogger(__name__)
 
 PAPER_REMOVED_OFFSETS = (2, 5, 8, 11, 14)
 """The paper keeps 30/27/24/21/18 of 32 layers whatever the target: 2, 5, 8, 11, 14 layers removed."""
 
+MIN_TRAINING_MASKS = 12
+"""Evaluated masks a surrogate needs at least (10 to hold out two for validation, and a little room)."""
+
+UCB_WIDTH = 1.0
+"""Ensemble standard deviations added to a candidate's predicted utility when ranking and when deciding to stop."""
+
 
 def paper_configuration(config: ShapleyPruningConfig, num_layers: int) -> ShapleyPruningConfig:
     """The published settings (strata, utility, estimator) applied to ``config``'s budget and seed."""
     strata = sorted({min(max(num_layers - r, 1), num_layers - 1) for r in PAPER_REMOVED_OFFSETS})
-    return dataclasses.replace(config, strata=strata, utility="ppl_ratio", estimator="paper", search_rounds=0)
+    return dataclasses.replace(
+        config,
+        strata=strata,
+        utility="ppl_ratio",
+        estimator="paper",
+        search_rounds=0,
+        surrogate_ensemble=1,
+        surrogate_features="mask",
+        verify_samples=0,
+        value_check=False,
+        num_masks=config.num_masks if config.num_masks is not None else 128,
+    )
+
+
+@dataclass
+class VerifiedSet:
+    """A kept set of the target size evaluated on the real model."""
+
+    removed: list[int]
+    loss: float  # mean per-token objective on the calibration set (KL or NLL)
+    found_by: str  # the phase (or peer) that first evaluated it
+    verifier_loss: float | None = None  # on the larger verification set, when it was re-scored there
+
+
+@dataclass
+class GameEvidence:
+    """How a ``shapley`` run chose its set: the typed record the result, the summary and the card read."""
+
+    objective: str  # "kl" or "nll": what the losses below are
+    values_estimator: str
+    values_region: str  # in words: which coalitions the values average marginals over
+    coalition_sizes: list[int]  # [smallest, largest] size of the coalitions of other layers the marginals are at
+    chosen_by: str  # phase that first evaluated the removed set ("unverified" when nothing was evaluated)
+    chosen_on: str  # "verification" (re-scored on the larger set), "calibration" or "surrogate" (unverified)
+    top_sets: list[VerifiedSet] = field(default_factory=list)  # the best verified sets, best first
+    lowest_value_set: VerifiedSet | None = None  # the k lowest values, measured (None: not evaluated)
+    lowest_value_is_chosen: bool = False
+    flagged_layers: list[int] = field(default_factory=list)  # value interval overlaps the cut
+    value_check: dict[str, Any] | None = None  # {"spearman", "num_evaluations", "new_evaluations", ...}
+    spent: dict[str, int] = field(default_factory=dict)  # phase -> new calibration-set evaluations
+    verification_evaluations: int = 0  # passes over the verification set
+    verification_blocks: int = 0
+    budget: int = 0  # in calibration-set evaluations
+    stopped: str = ""  # why the search stopped
+    peers: dict[str, VerifiedSet] = field(default_factory=dict)
+    reused_surrogate: bool = False
+    reuse_verified: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _removed(mask: np.ndarray) -> list[int]:
+    return [int(i) for i in np.flatnonzero(~np.asarray(mask, dtype=bool))]
+
+
+def _kept_mask(num_layers: int, removed: list[int]) -> np.ndarray:
+    mask = np.ones(num_layers, dtype=bool)
+    mask[list(removed)] = False
+    return mask
+
+
+class _Game:
+    """The state of one run: evaluations so far, which phase asked for each, the surrogate, the budget."""
+
+    def __init__(self, evaluator: MaskEvaluator, config: ShapleyPruningConfig, num_remove: int, strata, metadata):
+        self.evaluator = evaluator
+        self.config = config
+        self.num_layers = evaluator.num_layers
+        self.target = self.num_layers - num_remove
+        self.num_remove = num_remove
+        self.strata = strata
+        self.metadata = metadata
+        self.evaluations: dict[str, Any] = {}  # key -> MaskEvaluation, in first-seen order
+        self.phase_of: dict[str, str] = {}
+        self.spent: dict[str, int] = {}
+        self.budget = config.resolved_max_evaluations(self.num_layers)
+        self.extra_passes = 0  # one-pass statistics (peers), counted like an evaluation
+        self.verification_equivalents = 0.0
+        self.surrogate: ShapleySurrogate | None = None
+        self.fit = None
+        self.verifier_loss: dict[str, float] = {}  # key -> loss on the verification set
+
+    # ---------------------------------------------------------------- evaluations and budget
+    def used(self) -> float:
+        return len(self.evaluations) + self.extra_passes + self.verification_equivalents
+
+    def remaining(self) -> float:
+        return self.budget - self.used()
+
+    def evaluate(self, masks: list[np.ndarray], phase: str, desc: str) -> list:
+        results = self.evaluator.evaluate_all(masks, desc=desc)
+        for evaluation in results:
+            if evaluation.mask not in self.evaluations:
+                self.evaluations[evaluation.mask] = evaluation
+                self.phase_of[evaluation.mask] = phase
+                self.spent[phase] = self.spent.get(phase, 0) + 1
+        return results
+
+    def new(self, masks) -> list[np.ndarray]:
+        """The masks not evaluated yet, without duplicates, in order."""
+        seen, out = set(self.evaluations), []
+        for mask in masks:
+            key = mask_to_key(mask)
+            if key not in seen:
+                seen.add(key)
+                out.append(np.asarray(mask, dtype=bool))
+        return out
+
+    def loss_of(self, evaluation) -> float:
+        """The utility's loss: mean KL for ``utility="kl"``, mean NLL otherwise; inf when not finite."""
+        value = evaluation.mean_kl if self.config.utility == "kl" else evaluation.mean_nll
+        return value if math.isfinite(value) else math.inf
+
+    def loss(self, key: str) -> float:
+        return self.loss_of(self.evaluations[key])
+
+    def utility_of(self, key: str) -> float:
+        """The utility of an evaluated key, on the scale the surrogate predicts."""
+        full = self.loss(mask_to_key(np.ones(self.num_layers, dtype=bool)))
+        return float(utilities_from_nll([self.loss(key)], full, self.config.utility)[0])
+
+    def at_target(self) -> list[str]:
+        """Verified keys of the target size, best (lowest loss) first; ties by first seen."""
+        order = {k: i for i, k in enumerate(self.evaluations)}
+        keys = [k for k in self.evaluations if k.count("1") == self.target]
+        return sorted(keys, key=lambda k: (self.loss(k), order[k]))
+
+    def best(self) -> str | None:
+        keys = self.at_target()
+        return keys[0] if keys else None
+
+    # ---------------------------------------------------------------- surrogate
+    def utilities(self) -> tuple[list[str], np.ndarray]:
+        keys = list(self.evaluations)
+        full = mask_to_key(np.ones(self.num_layers, dtype=bool))
+        if keys[0] != full:  # the full model anchors the utility and always trains
+            keys.remove(full)
+            keys.insert(0, full)
+        losses = [self.loss(k) for k in keys]
+        broken = sum(not math.isfinite(v) for v in losses)
+        if broken:
+            logger.warning("%d mask(s) gave a non-finite loss; they keep the worst utility.", broken)
+        return keys, utilities_from_nll(losses, losses[0], self.config.utility)
+
+    def refit(self) -> None:
+        config = self.config
+        keys, utilities = self.utilities()
+        self.surrogate, self.fit = train_surrogate(
+            np.stack([key_to_mask(k) for k in keys]),
+            utilities,
+            hidden_multiplier=config.surrogate_hidden_multiplier,
+            activation=config.surrogate_activation,
+            utility=config.utility,
+            learning_rate=config.surrogate_learning_rate,
+            momentum=config.surrogate_momentum,
+            epochs=config.surrogate_epochs,
+            batch_size=config.surrogate_batch_size,
+            validation_fraction=config.validation_fraction,
+            seed=config.seed,
+            metadata={**(self.metadata or {}), "strata": self.strata},
+            mask_keys=keys,
+            ensemble_size=config.surrogate_ensemble,
+            features=config.surrogate_features,
+        )
+
+    def predict(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean and standard deviation of the predicted utility of ``masks``."""
+        with torch.no_grad():
+            rows = self.surrogate.member_predictions(torch.from_numpy(np.asarray(masks, dtype=np.float32)))
+        rows = rows.double().numpy()
+        spread = rows.std(axis=0, ddof=1) if len(rows) > 1 else np.zeros(rows.shape[1])
+        return rows.mean(axis=0), spread
+
+
+def values_of(surrogate, config: ShapleyPruningConfig, num_layers: int, target: int, strata, center) -> ShapleyEstimate:
+    """The run's values: the configured estimator on ``surrogate`` (``center`` = best verified kept set or None)."""
+    surrogate.eval()
+    if config.estimator in ("local", "semivalue"):
+        return region_values(
+            surrogate,
+            num_layers,
+            target,
+            num_samples=config.mc_samples,
+            center=center if config.estimator == "local" else None,
+            radius=config.value_radius,
+            seed=config.seed,
+        )
+    estimate = estimate_contributions(
+        surrogate,
+        num_layers,
+        estimator=config.estimator,
+        num_samples=config.mc_samples,
+        seed=config.seed,
+        kept_counts=strata,
+    )
+    if config.estimator == "permutation":
+        estimate.region = "every coalition size from 0 to all layers (mostly outside the surrogate's training range)"
+        estimate.coalition_sizes = (0, num_layers - 1)
+    else:
+        estimate.region = f"masks drawn from the kept counts {list(strata)}"
+        estimate.coalition_sizes = (max(min(strata) - 1, 0), max(strata))
+    return estimate
+
+
+def flagged(values: np.ndarray, stderr: np.ndarray, num_remove: int) -> list[int]:
+    """Layers whose 95% interval overlaps the cut between the ``num_remove`` lowest values and the rest."""
+    order = np.sort(values)
+    cut = 0.5 * (order[num_remove - 1] + order[num_remove])
+    se = np.nan_to_num(np.asarray(stderr, dtype=np.float64), nan=np.inf)
+    return [int(i) for i in np.flatnonzero(np.abs(values - cut) <= 1.96 * se)]
 
 
 @register_criterion
 class ShapleyCriterion(LayerCriterion):
-    """Surrogate-assisted Shapley values (our defaults)."""
+    """The cooperative game over layers, with a verified search that its values feed (our defaults)."""
 
     name = "shapley"
-    description = "surrogate-assisted Shapley values (optimum-shapley)"
+    description = "cooperative game over layers: local values, verified search (optimum-shapley)"
 
     def configure(self, config: ShapleyPruningConfig, num_layers: int) -> ShapleyPruningConfig:
         return config
@@ -62,181 +304,382 @@ class ShapleyCriterion(LayerCriterion):
         if config is None:
             config = ShapleyPruningConfig(num_layers_to_remove=num_remove, seed=seed)
         config = self.configure(config, num_layers)
-        strata = config.resolved_strata(num_layers)
-        details: dict[str, Any] = {"strata": strata, "utility": config.utility, "estimator": config.estimator}
-        fit = None
-        removed = None
-        if surrogate is None:
-            masks = sample_masks(num_layers, strata, config.num_masks, config.seed)
-            evaluations = evaluator.evaluate_all(masks)
-            surrogate, fit, utilities = self._fit(config, evaluations, strata, metadata)
-            if config.search_rounds > 0:
-                estimate = self._estimate(surrogate, num_layers, config, strata)
-                evaluations, surrogate, fit, utilities, removed, rounds = self._search(
-                    evaluator, config, evaluations, utilities, surrogate, fit, estimate, num_remove, strata, metadata
-                )
-                details["search"] = rounds
-            mean_nll = [e.mean_nll for e in evaluations]
-            details.update(masks=[e.mask for e in evaluations], mean_nll=mean_nll, utilities=utilities.tolist())
-        elif surrogate.num_layers != num_layers:
+        if config.utility == "kl" and evaluator.objective != "kl":
             raise ValueError(
-                f"the surrogate was trained for a model with {surrogate.num_layers} layers; this model has {num_layers}"
+                f"utility='kl' needs a MaskEvaluator with objective='kl' (it measures the KL to the dense model), "
+                f"got objective={evaluator.objective!r}"
             )
-        estimate = self._estimate(surrogate, num_layers, config, strata)
-        values = np.asarray(estimate.values, dtype=np.float64).tolist()
-        details.update(surrogate=surrogate, surrogate_fit=fit)
-        return CriterionResult(
-            self.name,
-            removed if removed is not None else lowest(values, num_remove),
-            scores=values,
-            stderr=np.asarray(estimate.stderr, dtype=np.float64).tolist(),
-            details=details,
+        strata = config.resolved_strata(num_layers)
+        game = _Game(evaluator, config, num_remove, strata, metadata)
+        if surrogate is not None:
+            if surrogate.num_layers != num_layers:
+                raise ValueError(
+                    f"the surrogate was trained for a model with {surrogate.num_layers} layers; this model has "
+                    f"{num_layers}"
+                )
+            return self._reuse(game, surrogate)
+        if config.search_rounds == 0:
+            return self._one_shot(game)
+        return self._fresh(game)
+
+    # ------------------------------------------------------------------------------------------------ one shot
+    def _one_shot(self, game: _Game) -> CriterionResult:
+        """Design, surrogate, values, the k lowest removed unverified (the paper's procedure)."""
+        config = game.config
+        masks = sample_masks(game.num_layers, game.strata, config.resolved_num_masks(game.num_layers), config.seed)
+        game.evaluate(list(masks), "design", "Evaluating layer masks")
+        game.refit()
+        estimate = values_of(game.surrogate, config, game.num_layers, game.target, game.strata, None)
+        removed = lowest(np.asarray(estimate.values).tolist(), game.num_remove)
+        evidence = GameEvidence(
+            objective=game.evaluator.objective,
+            values_estimator=estimate.estimator,
+            values_region=estimate.region,
+            coalition_sizes=list(estimate.coalition_sizes or ()),
+            chosen_by="lowest values",
+            chosen_on="surrogate",
+            flagged_layers=flagged(np.asarray(estimate.values), np.asarray(estimate.stderr), game.num_remove),
+            spent=dict(game.spent),
+            budget=len(game.evaluations),
+            stopped="no search (one shot: the k lowest values)",
         )
+        return self._result(game, removed, estimate, evidence)
 
-    @staticmethod
-    def _estimate(surrogate, num_layers, config, strata):
-        surrogate.eval()
-        return estimate_contributions(
-            surrogate,
-            num_layers,
-            estimator=config.estimator,
-            num_samples=config.mc_samples,
-            seed=config.seed,
-            kept_counts=strata,
-        )
+    # ------------------------------------------------------------------------------------------------ fresh run
+    def _fresh(self, game: _Game) -> CriterionResult:
+        config, evaluator, num_layers, target = game.config, game.evaluator, game.num_layers, game.target
+        full = np.ones(num_layers, dtype=bool)
 
-    @staticmethod
-    def _fit(config, evaluations, strata, metadata):
-        mean_nll = [e.mean_nll for e in evaluations]
-        utilities = utilities_from_nll(mean_nll, mean_nll[0], config.utility)
-        broken = sum(not math.isfinite(v) for v in mean_nll)
-        if broken:
-            logger.warning("%d mask(s) gave a non-finite loss; they keep the worst utility.", broken)
-        masks = np.stack([key_to_mask(e.mask) for e in evaluations])
-        surrogate, fit = train_surrogate(
-            masks,
-            utilities,
-            hidden_multiplier=config.surrogate_hidden_multiplier,
-            activation=config.surrogate_activation,
-            utility=config.utility,
-            learning_rate=config.surrogate_learning_rate,
-            momentum=config.surrogate_momentum,
-            epochs=config.surrogate_epochs,
-            batch_size=config.surrogate_batch_size,
-            validation_fraction=config.validation_fraction,
-            seed=config.seed,
-            metadata={**(metadata or {}), "strata": strata},
-            mask_keys=[e.mask for e in evaluations],
-        )
-        return surrogate, fit, utilities
+        # 1. peers: angular distance and block influence from one pass, leave-one-out from the single removals
+        stats = collect_block_statistics(evaluator)
+        game.extra_passes += 1
+        singles = []
+        for layer in range(num_layers):
+            mask = full.copy()
+            mask[layer] = False
+            singles.append(mask)
+        first = game.evaluate([full, *singles], "peers", "Leave-one-out (peers)")
+        loo_loss = [game.loss_of(e) for e in first[1:]]
+        distances = angular_distances(stats.last_token_states, game.num_remove)
+        start = min(range(len(distances)), key=lambda s: (distances[s], s))
+        peer_sets = {
+            "angular": list(range(start, start + game.num_remove)),
+            "block-influence": lowest([1.0 - c for c in stats.mean_cosine], game.num_remove),
+            "leave-one-out": lowest(loo_loss, game.num_remove),
+        }
+        for name, removed in peer_sets.items():
+            mask = _kept_mask(num_layers, removed)
+            key = mask_to_key(mask)
+            if key not in game.evaluations:
+                game.evaluate([mask], f"peer:{name}", f"Verifying the {name} set")
+        peers = {
+            name: VerifiedSet(removed, game.loss(mask_to_key(_kept_mask(num_layers, removed))), f"peer:{name}")
+            for name, removed in peer_sets.items()
+        }
 
-    def _screened_elimination(self, evaluator, config, evaluations, surrogate, target, strata, metadata):
-        """SLEB, screened: from the full model, drop one layer at a time, following the best real evaluation.
+        # reserve what the end needs: verification of the top sets, the lowest-value set and the value check
+        verifier = evaluator.verifier
+        per_verification = verifier.tokens_per_mask / max(evaluator.tokens_per_mask, 1) if verifier else 0.0
+        reserve = 1 + config.verify_top * per_verification + (num_layers if config.value_check else 0)
 
-        The first step evaluates every single-layer removal (they also teach the surrogate each layer's own effect).
-        Later steps evaluate only a screen: the ``search_candidates`` removals the surrogate ranks best, plus the
-        ``search_candidates`` layers whose removal cost least at the previous step (a layer that was nearly free to
-        drop usually still is). On SmolLM2 the previous step's real top 8 held the next step's best layer at every
-        step of a full SLEB run, while the surrogate, trained on random masks, cannot rank near-optimal sets.
+        # 2. design: at most 40% of what the search may still spend, and at least what a surrogate needs
+        design = sample_masks(num_layers, game.strata, config.resolved_num_masks(num_layers), config.seed)
+        wanted = max(int((game.remaining() - reserve) * 0.4), MIN_TRAINING_MASKS - len(game.evaluations))
+        design_new = game.new(design)[: max(0, wanted)]
+        if design_new:
+            game.evaluate(design_new, "design", "Evaluating layer masks")
+        game.refit()
 
-        Also verifies the leave-one-out set (the layers whose lone removal cost least at the first step:
-        Shortened-LLaMA's choice), a second start that costs one evaluation: on Gemma-3-270M, remove 6, it
-        beat the elimination's set by two swaps."""
-        known = {e.mask for e in evaluations}
-        leave_one_out = None
-        mask = np.ones(evaluator.num_layers, dtype=bool)
-        verified = 0
-        fit, utilities = None, None
-        previous: list[int] = []  # layers ordered by the loss of removing them at the previous step, best first
+        # 3. screened elimination (SLEB whose candidates the surrogate's marginals screen)
+        self._eliminate(game, singles, loo_loss, reserve)
+
+        # 4. value-guided search rounds
+        stopped = self._search(game, reserve)
+
+        # 5. multi-fidelity verification of the best few
+        chosen_key, chosen_on = self._verify(game)
+
+        # values around the chosen set, from the surrogate that chose it
+        chosen = key_to_mask(chosen_key)
+        estimate = values_of(game.surrogate, config, num_layers, target, game.strata, chosen)
+        values = np.asarray(estimate.values)
+        lowest_set = lowest(values.tolist(), game.num_remove)
+        lowest_key = mask_to_key(_kept_mask(num_layers, lowest_set))
+        if lowest_key not in game.evaluations and game.remaining() >= 1:
+            game.evaluate([key_to_mask(lowest_key)], "lowest values", "Measuring the lowest-value set")
+
+        # 6. value check at the chosen set
+        value_check = self._value_check(game, chosen, values) if config.value_check else None
+
+        evidence = self._evidence(game, estimate, chosen_key, chosen_on, lowest_key, peers, stopped, value_check)
+        return self._result(game, _removed(chosen), estimate, evidence)
+
+    def _eliminate(self, game: _Game, singles, loo_loss, reserve: float) -> None:
+        """From the full model, drop one layer at a time, following the best real evaluation; the first step is
+        the leave-one-out masks already evaluated, later steps evaluate a screen of the cheapest removals: the
+        layers with the smallest predicted marginal at the current mask and the cheapest of the previous step."""
+        config, num_layers, target = game.config, game.num_layers, game.target
+        width = min(config.search_candidates, max(3, math.ceil(num_layers / 6)))
+        order = np.argsort(loo_loss, kind="stable")
+        mask = singles[int(order[0])].copy()
+        previous = [int(i) for i in order[1:]]
         while mask.sum() > target:
+            room = int(game.remaining() - reserve)
+            if room < 1:
+                break  # the peers' sets stand in: the budget is spent
             kept = np.flatnonzero(mask)
             trial = np.repeat(mask[None], len(kept), axis=0)
             trial[np.arange(len(kept)), kept] = False
-            if previous:
-                by_surrogate = np.argsort(-surrogate_predictor(surrogate)(trial), kind="stable")
-                screen = {int(kept[i]) for i in by_surrogate[: config.search_candidates]}
-                screen.update([layer for layer in previous if mask[layer]][: config.search_candidates])
-                rows = [i for i, layer in enumerate(kept) if layer in screen]
-            else:
-                rows = list(range(len(kept)))
-            new = evaluator.evaluate_all(trial[rows], desc=f"Screened elimination ({mask.sum() - 1} kept)")
-            verified += sum(e.mask not in known for e in new)
-            loss = [e.mean_nll if math.isfinite(e.mean_nll) else math.inf for e in new]
-            order = np.argsort(loss, kind="stable")
-            if leave_one_out is None:  # the first step evaluated every single-layer removal
-                leave_one_out = np.ones(evaluator.num_layers, dtype=bool)
-                leave_one_out[lowest(loss, len(mask) - target)] = False  # exactly the `ppl` criterion's choice
-            previous = [int(kept[rows[i]]) for i in order[1:]]
-            mask = key_to_mask(new[int(order[0])].mask)
-            evaluations = evaluations + [e for e in new if e.mask not in known]
-            known.update(e.mask for e in new)
-            surrogate, fit, utilities = self._fit(config, evaluations, strata, metadata)
-        if leave_one_out is not None and mask_to_key(leave_one_out) not in known:
-            new = evaluator.evaluate_all([leave_one_out], desc="Verifying the leave-one-out set")
-            verified += 1
-            evaluations = evaluations + new
-            surrogate, fit, utilities = self._fit(config, evaluations, strata, metadata)
-        return evaluations, surrogate, fit, utilities, verified
+            mean, _ = game.predict(trial)
+            by_surrogate = [int(kept[i]) for i in np.argsort(-mean, kind="stable")[:width]]
+            by_previous = [layer for layer in previous if mask[layer]][:width]
+            screen = list(dict.fromkeys(x for pair in zip(by_surrogate, by_previous) for x in pair))
+            screen += [x for x in by_surrogate + by_previous if x not in screen]
+            rows = [int(np.flatnonzero(kept == layer)[0]) for layer in screen[:room]]
+            new = game.evaluate(list(trial[rows]), "elimination", f"Screened elimination ({mask.sum() - 1} kept)")
+            loss = [game.loss_of(e) for e in new]
+            ranked = np.argsort(loss, kind="stable")
+            previous = [int(kept[rows[i]]) for i in ranked[1:]]
+            mask = key_to_mask(new[int(ranked[0])].mask)
+            game.refit()
 
-    def _search(
-        self, evaluator, config, evaluations, utilities, surrogate, fit, estimate, num_remove, strata, metadata
-    ):
-        """Surrogate-guided search of the kept set, verified on the real model (see ``search.py``)."""
-        num_layers = evaluator.num_layers
-        target = num_layers - num_remove
+    def _candidates(self, game: _Game, values: np.ndarray, incumbent: np.ndarray) -> dict[str, np.ndarray]:
+        """Kept sets the values propose (the k lowest; swaps of low-value kept for high-value removed layers)
+        and the surrogate's own optima with the incumbent's neighbours (``propose_kept_sets``)."""
+        num_layers, target, config = game.num_layers, game.target, game.config
+        pool: dict[str, np.ndarray] = {}
+        by_value = _kept_mask(num_layers, lowest(values.tolist(), game.num_remove))
+        pool[mask_to_key(by_value)] = by_value
+        kept, removed = np.flatnonzero(incumbent), np.flatnonzero(~incumbent)
+        weak = kept[np.argsort(values[kept], kind="stable")[:4]]
+        strong = removed[np.argsort(-values[removed], kind="stable")[:4]]
+        for out_layer in weak:
+            for in_layer in strong:
+                swap = incumbent.copy()
+                swap[out_layer], swap[in_layer] = False, True
+                pool.setdefault(mask_to_key(swap), swap)
+        starts = [by_value] + [key_to_mask(k) for k in game.at_target()[:3]]
+        for mask in propose_kept_sets(
+            surrogate_predictor(game.surrogate),
+            num_layers,
+            target,
+            starts,
+            exclude=set(game.evaluations),
+            count=4 * config.search_candidates,
+            anchor=incumbent,
+        ):
+            pool.setdefault(mask_to_key(mask), mask)
+        return {k: m for k, m in pool.items() if k not in game.evaluations}
 
-        def best_verified(evals, utils):
-            at_target = [i for i, e in enumerate(evals) if e.mask.count("1") == target]
-            return max(at_target, key=lambda i: (utils[i], -i)) if at_target else None
-
-        shapley_start = np.ones(num_layers, dtype=bool)
-        shapley_start[lowest(np.asarray(estimate.values).tolist(), num_remove)] = False
-        rounds = []
-        if getattr(self, "screened_elimination", True):
-            evaluations, surrogate, fit, utilities, verified = self._screened_elimination(
-                evaluator, config, evaluations, surrogate, target, strata, metadata
-            )
-            best = best_verified(evaluations, utilities)
-            rounds.append(
-                {
-                    "phase": "screened elimination",
-                    "verified": verified,
-                    "best_utility": float(utilities[best]),
-                    "best_mask": evaluations[best].mask,
-                }
-            )
+    def _search(self, game: _Game, reserve: float) -> str:
+        config = game.config
         stalled = 0
         for round_index in range(config.search_rounds):
-            best = best_verified(evaluations, utilities)
-            best_before = float(utilities[best]) if best is not None else -math.inf
-            at_target = sorted(
-                (i for i, e in enumerate(evaluations) if e.mask.count("1") == target), key=lambda i: -utilities[i]
+            best = game.best()
+            incumbent = key_to_mask(best)
+            values = np.asarray(
+                values_of(game.surrogate, config, game.num_layers, game.target, game.strata, incumbent).values
             )
-            starts = [shapley_start] + [key_to_mask(evaluations[i].mask) for i in at_target[:3]]
-            candidates = propose_kept_sets(
-                surrogate_predictor(surrogate),
-                num_layers,
-                target,
-                starts,
-                exclude={e.mask for e in evaluations},
-                count=config.search_candidates,
-                anchor=key_to_mask(evaluations[best].mask) if best is not None else None,
-            )
-            if not candidates:
-                break
-            new = evaluator.evaluate_all(candidates, desc=f"Verifying kept sets (round {round_index + 1})")
-            evaluations = evaluations + new
-            surrogate, fit, utilities = self._fit(config, evaluations, strata, metadata)
-            best = best_verified(evaluations, utilities)
-            rounds.append(
-                {"verified": len(new), "best_utility": float(utilities[best]), "best_mask": evaluations[best].mask}
-            )
-            stalled = stalled + 1 if float(utilities[best]) <= best_before else 0
+            pool = self._candidates(game, values, incumbent)
+            if not pool:
+                return "no unverified candidate left"
+            keys = list(pool)
+            mean, spread = game.predict(np.stack([pool[k] for k in keys]))
+            ucb = mean + UCB_WIDTH * spread
+            if ucb.max() <= game.utility_of(best):
+                return f"round {round_index + 1}: no candidate's upper bound beats the best verified set"
+            room = int(game.remaining() - reserve)
+            if room < 1:
+                return f"round {round_index + 1}: budget reached"
+            take = [keys[i] for i in np.argsort(-ucb, kind="stable")[: min(config.search_candidates, room)]]
+            game.evaluate([pool[k] for k in take], "search", f"Verifying kept sets (round {round_index + 1})")
+            # trust region: random kept sets within value_radius swaps of the incumbent, so that the surrogate
+            # learns the coalitions the local values average over (not ranked: no selection bias)
+            room = int(game.remaining() - reserve)
+            region = sample_region_masks(
+                game.num_layers,
+                game.target,
+                8 * config.search_candidates,
+                center=incumbent,
+                radius=max(1, config.value_radius),
+                seed=config.seed + round_index,
+            ).numpy()
+            region = game.new(region)[: min(config.search_candidates // 2, max(room, 0))]
+            if region:
+                game.evaluate(region, "region", f"Sampling around the best set (round {round_index + 1})")
+            game.refit()
+            improved = game.loss(game.best()) < game.loss(best)
+            stalled = 0 if improved else stalled + 1
             if stalled >= config.search_patience:
+                return f"round {round_index + 1}: no better verified set for {stalled} round(s)"
+        return f"{config.search_rounds} rounds done"
+
+    def _verify(self, game: _Game) -> tuple[str, str]:
+        """The best few verified sets re-scored on the verification set; the best there is chosen."""
+        verifier = game.evaluator.verifier
+        top = game.at_target()[: game.config.verify_top]
+        if verifier is None or game.config.verify_samples == 0 or len(top) < 2:
+            return top[0], "calibration"
+        scored = verifier.evaluate_all([key_to_mask(k) for k in top], desc="Re-scoring the best sets")
+        ratio = verifier.tokens_per_mask / max(game.evaluator.tokens_per_mask, 1)
+        game.verification_equivalents += ratio * len(top)
+        game.verifier_loss = {k: game.loss_of(e) for k, e in zip(top, scored)}
+        order = {k: i for i, k in enumerate(top)}
+        return min(top, key=lambda k: (game.verifier_loss[k], order[k])), "verification"
+
+    def _value_check(self, game: _Game, chosen: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+        """Real marginals at the chosen set: remove each kept layer, add back each removed one."""
+        num_layers = game.num_layers
+        masks = []
+        for layer in range(num_layers):
+            mask = chosen.copy()
+            mask[layer] = not mask[layer]
+            masks.append(mask)
+        before = len(game.evaluations)
+        evaluations = game.evaluate(masks, "value check", "Value check (real marginals)")
+        base = game.loss(mask_to_key(chosen))
+        real = []
+        for layer, evaluation in enumerate(evaluations):
+            loss = game.loss_of(evaluation)
+            # utility is -loss: a kept layer is worth loss(without it) - loss(S); a removed one loss(S) - loss(with it)
+            real.append(loss - base if chosen[layer] else base - loss)
+        finite = [i for i, r in enumerate(real) if math.isfinite(r)]
+        rho = spearman(np.asarray(values)[finite], np.asarray(real)[finite]) if len(finite) > 2 else float("nan")
+        return {
+            "spearman": rho,
+            "num_evaluations": num_layers,
+            "new_evaluations": len(game.evaluations) - before,
+            "real_marginals": [r if math.isfinite(r) else None for r in real],
+        }
+
+    def _evidence(self, game, estimate, chosen_key, chosen_on, lowest_key, peers, stopped, value_check):
+        verifier_loss = game.verifier_loss
+        top_sets = [
+            VerifiedSet(_removed(key_to_mask(k)), game.loss(k), game.phase_of[k], verifier_loss.get(k))
+            for k in game.at_target()[: max(game.config.verify_top, 3)]
+        ]
+        lowest_set = None
+        if lowest_key in game.evaluations:
+            lowest_set = VerifiedSet(
+                _removed(key_to_mask(lowest_key)),
+                game.loss(lowest_key),
+                game.phase_of[lowest_key],
+                verifier_loss.get(lowest_key),
+            )
+        for peer in peers.values():
+            peer.verifier_loss = verifier_loss.get(mask_to_key(_kept_mask(game.num_layers, peer.removed)))
+        verifier = game.evaluator.verifier
+        return GameEvidence(
+            objective=game.evaluator.objective,
+            values_estimator=estimate.estimator,
+            values_region=estimate.region,
+            coalition_sizes=list(estimate.coalition_sizes or ()),
+            chosen_by=game.phase_of.get(chosen_key, "unverified"),
+            chosen_on=chosen_on,
+            top_sets=top_sets,
+            lowest_value_set=lowest_set,
+            lowest_value_is_chosen=lowest_key == chosen_key,
+            flagged_layers=flagged(np.asarray(estimate.values), np.asarray(estimate.stderr), game.num_remove),
+            value_check=value_check,
+            spent=dict(game.spent),
+            verification_evaluations=len(verifier_loss),
+            verification_blocks=game.config.verify_samples if verifier is not None and verifier_loss else 0,
+            budget=game.budget,
+            stopped=stopped,
+            peers=peers,
+        )
+
+    # ------------------------------------------------------------------------------------------------ reuse
+    def _reuse(self, game: _Game, surrogate: ShapleySurrogate) -> CriterionResult:
+        """A saved surrogate at a (possibly) new target: values iterated to a fixed point of "remove the k lowest
+        values around the current set", the surrogate's optima, and, with ``reuse_candidates``, a few of them and
+        the one-pass peers' sets verified on the model (nothing is evaluated with ``reuse_candidates=0``)."""
+        config, num_layers, target = game.config, game.num_layers, game.target
+        game.surrogate = surrogate
+        surrogate.eval()
+        estimate = region_values(surrogate, num_layers, target, num_samples=config.mc_samples, seed=config.seed)
+        current = _kept_mask(num_layers, lowest(np.asarray(estimate.values).tolist(), game.num_remove))
+        for _ in range(5):
+            estimate = values_of(surrogate, config, num_layers, target, game.strata, current)
+            following = _kept_mask(num_layers, lowest(np.asarray(estimate.values).tolist(), game.num_remove))
+            if (following == current).all():
                 break
-        best = best_verified(evaluations, utilities)
-        removed = [i for i, c in enumerate(evaluations[best].mask) if c == "0"] if best is not None else None
-        return evaluations, surrogate, fit, utilities, removed, rounds
+            current = following
+        proposals = [current] + propose_kept_sets(
+            surrogate_predictor(surrogate), num_layers, target, [current], exclude=set(), count=config.reuse_candidates
+        )
+        chosen_key, chosen_on, peers = mask_to_key(current), "surrogate", {}
+        if config.reuse_candidates > 0:
+            stats = collect_block_statistics(game.evaluator)
+            game.extra_passes += 1
+            distances = angular_distances(stats.last_token_states, game.num_remove)
+            start = min(range(len(distances)), key=lambda s: (distances[s], s))
+            peer_sets = {
+                "angular": list(range(start, start + game.num_remove)),
+                "block-influence": lowest([1.0 - c for c in stats.mean_cosine], game.num_remove),
+            }
+            game.evaluate([np.ones(num_layers, dtype=bool)], "reuse", "Evaluating the full model")
+            for name, removed in peer_sets.items():
+                game.evaluate([_kept_mask(num_layers, removed)], f"peer:{name}", f"Verifying the {name} set")
+            unique = game.new(proposals)[: config.reuse_candidates]
+            game.evaluate(unique, "reuse", "Verifying the surrogate's sets")
+            peers = {
+                name: VerifiedSet(removed, game.loss(mask_to_key(_kept_mask(num_layers, removed))), f"peer:{name}")
+                for name, removed in peer_sets.items()
+            }
+            chosen_key, chosen_on = self._verify(game)
+        chosen = key_to_mask(chosen_key)
+        estimate = values_of(surrogate, config, num_layers, target, game.strata, chosen)
+        values = np.asarray(estimate.values)
+        lowest_key = mask_to_key(_kept_mask(num_layers, lowest(values.tolist(), game.num_remove)))
+        value_check = None
+        if config.value_check and config.reuse_candidates > 0:
+            value_check = self._value_check(game, chosen, values)
+        if game.evaluations:
+            evidence = self._evidence(game, estimate, chosen_key, chosen_on, lowest_key, peers, "reuse", value_check)
+            evidence.chosen_by = "reuse" if game.phase_of.get(chosen_key) == "reuse" else evidence.chosen_by
+        else:
+            evidence = GameEvidence(
+                objective=game.evaluator.objective,
+                values_estimator=estimate.estimator,
+                values_region=estimate.region,
+                coalition_sizes=list(estimate.coalition_sizes or ()),
+                chosen_by="unverified",
+                chosen_on="surrogate",
+                lowest_value_is_chosen=lowest_key == chosen_key,
+                flagged_layers=flagged(values, np.asarray(estimate.stderr), game.num_remove),
+                stopped="reuse without verification",
+            )
+        evidence.reused_surrogate = True
+        evidence.reuse_verified = sum(1 for k in game.evaluations if k.count("1") == target)
+        return self._result(game, _removed(chosen), estimate, evidence)
+
+    # ------------------------------------------------------------------------------------------------ result
+    def _result(self, game: _Game, removed, estimate: ShapleyEstimate, evidence: GameEvidence) -> CriterionResult:
+        details: dict[str, Any] = {
+            "strata": game.strata,
+            "utility": game.config.utility,
+            "estimator": estimate.estimator,
+            "game": evidence.to_dict(),
+            "values_estimate": {k: v for k, v in estimate.to_dict().items() if k not in ("values", "stderr")},
+            "surrogate": game.surrogate,
+            "surrogate_fit": game.fit,
+        }
+        if game.evaluations:
+            keys, utilities = game.utilities()
+            details.update(
+                masks=keys,
+                mean_nll=[game.evaluations[k].mean_nll for k in keys],
+                utilities=utilities.tolist(),
+            )
+        return CriterionResult(
+            self.name,
+            removed,
+            scores=np.asarray(estimate.values, dtype=np.float64).tolist(),
+            stderr=np.asarray(estimate.stderr, dtype=np.float64).tolist(),
+            num_model_evaluations=game.extra_passes,
+            details=details,
+        )
 
 
 @register_criterion

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .masks import MaskEvaluation, _key, token_nll
+from .masks import DenseReference, MaskEvaluation, _key, token_losses
 
 __all__ = ["PrefixSharingRunner", "trie_order"]
 
@@ -47,12 +47,19 @@ class PrefixSharingRunner:
     saving. ``batches`` are the prepared calibration batches, held for the group's lifetime.
     """
 
-    def __init__(self, model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], num_layers: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Iterable[Mapping[str, torch.Tensor]],
+        num_layers: int,
+        references: list[DenseReference] | None = None,
+    ):
         from ..architectures import find_decoder_layers
 
         self.model = model
         self.batches = list(batches)
         self.num_layers = num_layers
+        self.references = references  # the dense distributions, one per batch, for the KL objective
         parent, attribute = find_decoder_layers(model)
         self.blocks = list(getattr(parent, attribute))
         self._previous: list[int] | None = None
@@ -83,15 +90,17 @@ class PrefixSharingRunner:
                     self._states[batch_index][layer] = _hidden(output).clone()
 
                 handles.append(self.blocks[layer].register_forward_hook(remember))
-            total, tokens = 0.0, 0
+            total, kl_total, tokens = 0.0, 0.0, 0
             shared = set(kept[:start])
             with torch.no_grad():
                 for batch_index, batch in enumerate(self.batches):
                     states = self._states[batch_index]
                     for layer in [k for k in states if k not in shared]:
                         del states[layer]  # the previous mask's states past the shared prefix
-                    nll, count = token_nll(self.model, batch)
+                    reference = self.references[batch_index] if self.references is not None else None
+                    nll, kl, count, _ = token_losses(self.model, batch, reference)
                     total += nll
+                    kl_total += kl or 0.0
                     tokens += count
         except BaseException:
             self._previous, self._states = None, [{} for _ in self.batches]  # half-written states: never reused
@@ -103,7 +112,8 @@ class PrefixSharingRunner:
             self.model.train(was_training)
         self.layer_passes += len(kept) - start
         self._previous = kept
-        return MaskEvaluation(_key(kept, self.num_layers), total, tokens, time.perf_counter() - begin)
+        kl_sum = kl_total if self.references is not None else None
+        return MaskEvaluation(_key(kept, self.num_layers), total, tokens, time.perf_counter() - begin, kl_sum=kl_sum)
 
     def _enter(self, kept: list[int], start: int):
         """Enter the layer mask of the layers to run; a suffix some config pattern cannot express runs in full."""

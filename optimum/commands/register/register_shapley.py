@@ -4,8 +4,26 @@ keep imports light)."""
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 
-class ShapleyPruneCommand(BaseOptimumCLICommand):
+class _ShapleyLeafCommand(BaseOptimumCLICommand):
+    """One ``optimum-shapley`` sub-command, run with its exit code.
+
+    optimum-cli's ``main`` calls ``run()`` and drops what it returns (its own process then exits 0), so a non-zero code
+    is raised as ``SystemExit``: bad input exits 2 (130 on Ctrl-C), exactly as ``optimum-shapley`` does."""
+
+    RUNNER = ""  # key of optimum_shapley.cli.RUNNERS
+
+    def run(self):
+        from optimum_shapley.cli import RUNNERS, run_with_errors_reported
+
+        code = run_with_errors_reported(self.args, RUNNERS[self.RUNNER])
+        if code:
+            raise SystemExit(code)
+        return code
+
+
+class ShapleyPruneCommand(_ShapleyLeafCommand):
     COMMAND = CommandInfo(name="prune", help="Remove the decoder layers with the lowest Shapley contribution.")
+    RUNNER = "prune"
 
     @staticmethod
     def parse_args(parser):
@@ -13,14 +31,10 @@ class ShapleyPruneCommand(BaseOptimumCLICommand):
 
         add_prune_arguments(parser)
 
-    def run(self):
-        from optimum_shapley.cli import run_with_errors_reported
 
-        return run_with_errors_reported(self.args)
-
-
-class ShapleyRecoverCommand(BaseOptimumCLICommand):
+class ShapleyRecoverCommand(_ShapleyLeafCommand):
     COMMAND = CommandInfo(name="recover", help="Heal a (pruned) model with a short LoRA fine-tune.")
+    RUNNER = "recover"
 
     @staticmethod
     def parse_args(parser):
@@ -28,14 +42,10 @@ class ShapleyRecoverCommand(BaseOptimumCLICommand):
 
         add_recover_arguments(parser)
 
-    def run(self):
-        from optimum_shapley.cli import run_recover, run_with_errors_reported
 
-        return run_with_errors_reported(self.args, run_recover)
-
-
-class ShapleyEvaluateCommand(BaseOptimumCLICommand):
+class ShapleyEvaluateCommand(_ShapleyLeafCommand):
     COMMAND = CommandInfo(name="evaluate", help="Held-out perplexity and zero-shot accuracy of a model.")
+    RUNNER = "evaluate"
 
     @staticmethod
     def parse_args(parser):
@@ -43,21 +53,29 @@ class ShapleyEvaluateCommand(BaseOptimumCLICommand):
 
         add_evaluate_arguments(parser)
 
-    def run(self):
-        from optimum_shapley.cli import run_evaluate, run_with_errors_reported
-
-        return run_with_errors_reported(self.args, run_evaluate)
-
 
 class ShapleyCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(name="shapley", help="Layer pruning with surrogate-assisted Shapley values.")
     SUBCOMMANDS = (
         CommandInfo(name="prune", help=ShapleyPruneCommand.COMMAND.help, subcommand_class=ShapleyPruneCommand),
         CommandInfo(name="recover", help=ShapleyRecoverCommand.COMMAND.help, subcommand_class=ShapleyRecoverCommand),
-        CommandInfo(
-            name="evaluate", help=ShapleyEvaluateCommand.COMMAND.help, subcommand_class=ShapleyEvaluateCommand
-        ),
+        CommandInfo(name="evaluate", help=ShapleyEvaluateCommand.COMMAND.help, subcommand_class=ShapleyEvaluateCommand),
     )
+
+    def __init__(self, subparsers=None, args=None, command=None, from_defaults_factory=False, parser=None):
+        registered = None if from_defaults_factory else getattr(subparsers, "choices", {}).get(self.COMMAND.name)
+        if registered is not None:
+            # optimum-cli found this file twice on the namespace path (an installed wheel plus a source checkout on
+            # PYTHONPATH) and registers its commands once per copy: the first registration serves, instead of an
+            # argparse "conflicting subparser: shapley" traceback.
+            self.parser, self._subparsers, self.args = registered, None, args
+            return
+        super().__init__(subparsers, args, command=command, from_defaults_factory=from_defaults_factory, parser=parser)
+
+    def run(self):
+        # `optimum-cli shapley` without a sub-command: the help, and a usage-error exit like `optimum-shapley`'s
+        self.parser.print_help()
+        raise SystemExit(2)
 
 
 REGISTER_COMMANDS = [ShapleyCommand]

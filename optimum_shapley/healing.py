@@ -1,0 +1,735 @@
+"""Training-free healing of a layer-pruned model, folded into the kept weights (the checkpoint keeps its stock
+architecture and reloads with plain ``from_pretrained``).
+
+Call :func:`heal_removed_layers` on the DENSE model, with the layers that are about to go, then ``drop_layers``. Its
+statistics need the removed layers present: they compare what the pruned model would see after each removed run
+with what the dense model computes there. One pass over the calibration batches accumulates them in float64 (no
+activation is stored beyond the current batch).
+
+For each maximal run ``a..b`` of removed layers, with ``p = a - 1`` the last kept block before it, let ``Y`` be the
+dense hidden state entering block ``b + 1`` (the stream after block ``b``), ``m`` the MLP summand of block ``p``
+(what its MLP adds to the stream) and ``h = h_out(p) - m`` the rest of block ``p``'s output. The pruned model feeds
+``h + m`` to block ``b + 1``; healing makes that closer to ``Y``:
+
+``method="linear"`` (ReplaceMe, NeurIPS 2025): ``T = argmin ||m T - (Y - h)||^2 + lam ||T - I||^2``, i.e.
+    ``T = (m^T m + lam I)^-1 (m^T (Y - h) + lam I)``, with ``lam = ridge * trace(m^T m) / hidden`` (relative to the
+    mean eigenvalue); ``ridge=0`` is ReplaceMe's plain least squares, or a diagonal ``T`` (one scale per channel)
+    with ``diagonal=True``. The ridge shrinks toward the identity (the unhealed model), not toward zero as
+    ReplaceMe's does (that removes block ``p``'s MLP as it grows): on SmolLM2-135M without layers 13-18, fitted on
+    10 x 128 calibration tokens, plain least squares overfits (WikiText-2 ppl 114.9 unhealed -> 147.7), ridge 1
+    toward the identity heals (104.6); with 64 x 128 tokens, 99.4 plain and 96.3 with ridge 1. Folded exactly into the linear layer producing ``m``: for ``nn.Linear``
+    (``y = z W^T + c``), ``(z W^T + c) T = z (T^T W)^T + T^T c``, so ``W <- T^T W`` and ``c <- T^T c``; for GPT-2's
+    ``Conv1D`` (``y = z W + c``), ``W <- W T`` and ``c <- c T``. Where a norm follows the projection (Gemma-2/3's
+    ``post_feedforward_layernorm``, ``n(m') * (1 + w)``), only a diagonal ``T = diag(t)`` is exact, folded as
+    ``1 + w <- (1 + w) * t``; a full ``T`` is refused. A run starting at layer 0 has no block before it: ``m`` is the
+    embedding sum (``h = 0``) and ``T`` folds into the token (and position) tables ``E <- E T``, unless the token
+    table is tied to the LM head (that would change the head too) or a projection sits in between: refused.
+
+``method="scale"`` (Prune&Comp, AAAI 2026): one scalar per run, ``s = mean_c(sum_t |Y_tc|) / mean_c(sum_t |x_tc|)``
+    ... precisely the paper's statistic: for each channel ``c`` the ratio of the mean absolute value of the dense
+    stream after the run (``Y``) to that before it (``x = h_out(p)``, or the embeddings for a run at layer 0), averaged
+    over channels. The paper multiplies the stream before the cut by ``s`` (embeddings and every ``o_proj`` and
+    ``down_proj`` before the cut). We fold the equivalent, embedding-free form: every residual-stream write AFTER the
+    run (each kept block's attention and MLP output projections, or Gemma's post-norms) is divided by ``s``. Every
+    reader of the stream (each block's input norms and the final norm) is scale-invariant, so the two models differ
+    only by the global factor ``prod(s)``, which the final norm removes (up to the norms' ``eps``, negligible next to
+    the stream's mean square). This form never touches a tied embedding, works for runs at layer 0, and is a no-op
+    for a run at the end of the stack (only the final norm follows it), which the report says.
+
+Where no exact fold exists the call raises :class:`HealingNotExactError` (one line) before anything is changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .architectures import HEALING_LAYOUTS, BlockLayout, find_decoder_layers, get_decoder_config
+from .masking import PRUNING_RECORD_KEY, _kept_from_remove
+
+__all__ = [
+    "HEALING_METHODS",
+    "HealingError",
+    "HealingNotExactError",
+    "HealingReport",
+    "check_healing_supported",
+    "describe_healing",
+    "heal_removed_layers",
+    "healing_summary",
+    "record_healing",
+]
+
+HEALING_METHODS = ("linear", "scale")
+
+
+class HealingError(ValueError):
+    """Bad input to healing: an unknown method, an invalid option, or no calibration tokens."""
+
+
+class HealingNotExactError(HealingError):
+    """No exact fold of the requested healing exists for this model (family, run position or tied weights)."""
+
+
+@dataclass
+class HealingReport:
+    """What :func:`heal_removed_layers` fitted and folded, per maximal run of removed layers.
+
+    ``runs[i]["residual_before"]``/``["residual_after"]`` are ``||x - Y||^2 / ||Y||^2`` over the calibration tokens:
+    the relative squared error of the hidden state entering the first kept block after the run, unhealed and as
+    fitted (for ``scale``, in the paper's form ``s * x``). They are measured on the dense model's statistics.
+    """
+
+    method: str
+    runs: list[dict[str, Any]]
+    seconds: float
+    calibration_tokens: int
+    calibration_batches: int
+    ridge: float = 0.0
+    diagonal: bool = False
+    statistic: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """What was fitted and folded, in sentences that hold for this run (used by the model card)."""
+        return describe_healing(self.to_dict())
+
+
+def _span(layers: Sequence[int]) -> str:
+    return f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
+
+
+def _how(healing: Mapping[str, Any]) -> str:
+    if healing.get("method") == "scale":
+        return (
+            "one magnitude scalar s per run (Prune&Comp: the mean absolute value of the dense hidden state after "
+            "the run over that before it, per channel, averaged over channels)"
+        )
+    kind = "a diagonal (per-channel) linear map" if healing.get("diagonal") else "a full linear map"
+    ridge = healing.get("ridge") or 0.0
+    regulariser = f" with ridge {ridge:g} x the mean eigenvalue toward the identity" if ridge else ""
+    return f"{kind} per run (ReplaceMe), fitted by least squares{regulariser}"
+
+
+def describe_healing(healing: Mapping[str, Any], calibration: str = "") -> str:
+    """Sentences for the model card: what was fitted on which data and folded where, and the fit it reached."""
+    runs = healing.get("runs") or []
+    if not runs:
+        return ""
+    where = "; ".join(
+        f"{_span(run['removed_layers'])} -> {run['target']}"
+        + (f" (s = {run['scale']:.3f})" if run.get("scale") is not None else "")
+        for run in runs
+    )
+    data = f"{healing.get('calibration_tokens', 0):,} tokens of the calibration text" + (
+        f" ({calibration})" if calibration else ""
+    )
+    before = [float(run["residual_before"]) for run in runs]
+    after = [float(run["residual_after"]) for run in runs]
+    text = (
+        f"After the layers were chosen, and before they were removed, the kept weights were healed without "
+        f"training: {_how(healing)}, computed on the dense model's hidden states over {data}, folded into "
+        f"existing weights ({where}), so the architecture is unchanged. On that text the relative squared error "
+        f"of the hidden state entering the first kept layer after each run went from "
+        f"{', '.join(f'{v:.4f}' for v in before)} (unhealed) to {', '.join(f'{v:.4f}' for v in after)}"
+    )
+    if healing.get("method") == "scale":
+        text += " (in the paper's form s * h; it is a magnitude correction, not a least-squares fit)"
+    ppl = healing.get("calibration_ppl_after")
+    if ppl is not None:
+        text += f"; the healed model's calibration perplexity is {ppl:.2f}"
+    return text + "."
+
+
+def healing_summary(healing: Mapping[str, Any]) -> str:
+    """The one-line value of the ``healing`` row of the run summary."""
+    runs = healing.get("runs") or []
+    name = healing.get("method", "?")
+    if name == "linear":
+        name += " (diagonal" if healing.get("diagonal") else " (full"
+        name += f", ridge {healing.get('ridge') or 0:g})"
+    text = f"{name}, {len(runs)} run{'s' if len(runs) != 1 else ''}, {healing.get('seconds', 0.0):.1f} s"
+    ppl = healing.get("calibration_ppl_after")
+    return text + (f", calibration perplexity {ppl:.2f} healed" if ppl is not None else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# planning: which runs, what folds where, refusals before anything runs
+
+
+@dataclass
+class _Run:
+    first: int  # a
+    last: int  # b
+    target: str = ""  # what the fold writes, for the report
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    pending: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def before(self) -> int | None:
+        return self.first - 1 if self.first > 0 else None
+
+    @property
+    def layers(self) -> list[int]:
+        return list(range(self.first, self.last + 1))
+
+
+def _runs(removed: Sequence[int]) -> list[_Run]:
+    runs: list[_Run] = []
+    for index in sorted(removed):
+        if runs and runs[-1].last == index - 1:
+            runs[-1].last = index
+        else:
+            runs.append(_Run(index, index))
+    return runs
+
+
+def _submodule(root: nn.Module, path: str) -> nn.Module | None:
+    module: Any = root
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module if isinstance(module, nn.Module) else None
+
+
+def _required(root: nn.Module, path: str, model_type: str) -> nn.Module:
+    module = _submodule(root, path)
+    if module is None:
+        raise HealingNotExactError(f"{model_type}: expected a module at {path!r} for healing, found none")
+    return module
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def _check_projection(module: nn.Module, path: str, model_type: str) -> None:
+    if not (isinstance(module, nn.Linear) or _is_conv1d(module)):
+        raise HealingNotExactError(
+            f"{model_type}: {path} is a {type(module).__name__}, not nn.Linear or Conv1D; cannot fold into it exactly"
+        )
+    for name, param in module.named_parameters(recurse=False):
+        if not param.dtype.is_floating_point:
+            raise HealingNotExactError(
+                f"{model_type}: {path}.{name} is stored as {param.dtype} (quantized); healing needs float weights"
+            )
+
+
+def _embeddings_tied(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    flags = [getattr(config, "tie_word_embeddings", None)]
+    with contextlib.suppress(Exception):  # a config without a text sub-config
+        flags.append(getattr(get_decoder_config(model), "tie_word_embeddings", None))
+    if any(flag is True for flag in flags):
+        return True  # reloading re-ties them even if they are separate tensors in memory
+    head, table = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or table is None:
+        return False
+    return head.weight.data_ptr() == table.weight.data_ptr()
+
+
+def _layout(model: nn.Module) -> tuple[str, BlockLayout]:
+    model_type = getattr(get_decoder_config(model), "model_type", None) or getattr(model.config, "model_type", "?")
+    layout = HEALING_LAYOUTS.get(model_type)
+    if layout is None:
+        raise HealingNotExactError(
+            f"healing has no derived exact fold for model_type={model_type!r}; supported: "
+            f"{', '.join(sorted(HEALING_LAYOUTS))}"
+        )
+    config = get_decoder_config(model)
+    for name, value, why in layout.refusals:
+        if getattr(config, name, None) == value:
+            raise HealingNotExactError(f"{model_type} with {name}={value!r}: no exact healing fold ({why})")
+    return model_type, layout
+
+
+def _writer_kind(module: nn.Module, path: str, model_type: str) -> str:
+    """``"projection"`` (nn.Linear / Conv1D: scale weight and bias) or ``"norm"`` (scale ``offset + weight``)."""
+    if isinstance(module, nn.Linear) or _is_conv1d(module):
+        _check_projection(module, path, model_type)
+        return "projection"
+    if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), torch.Tensor):
+        return "norm"
+    raise HealingNotExactError(f"{model_type}: residual writer {path} is a {type(module).__name__}; cannot scale it")
+
+
+def _kept_after(run: _Run, kept: Sequence[int]) -> list[int]:
+    return [i for i in kept if i > run.last]
+
+
+def _plan(
+    model: nn.Module, blocks: nn.ModuleList, kept: Sequence[int], runs: list[_Run], method: str, diagonal: bool
+) -> None:
+    """Check that every run has an exact fold and name it; raises before any statistic or weight is touched."""
+    model_type, layout = _layout(model)
+    for run in runs:
+        span = f"layers {run.first}-{run.last}" if run.last > run.first else f"layer {run.first}"
+        if method == "scale":
+            after = _kept_after(run, kept)
+            for i in after:
+                for path in layout.residual_writers:
+                    _writer_kind(_required(blocks[i], path, model_type), f"layers.{i}.{path}", model_type)
+            run.target = (
+                f"residual writers ({', '.join(layout.residual_writers)}) of kept "
+                + (f"layer {after[0]}" if len(after) == 1 else f"layers {after[0]}-{after[-1]} ({len(after)} layers)")
+                + " / s"
+                if after
+                else "none: only the final norm follows this run, which removes any scale (no-op)"
+            )
+            continue
+        if run.before is None:
+            if _embeddings_tied(model):
+                raise HealingNotExactError(
+                    f"{model_type}: removed {span} starts at layer 0, so its linear map would fold into the input "
+                    "embeddings, which are tied to the LM head (that would change the head too); keep layer 0 or "
+                    "use method='scale'"
+                )
+            if layout.embedding_projection and _submodule(model, layout.embedding_projection) is not None:
+                raise HealingNotExactError(
+                    f"{model_type}: removed {span} starts at layer 0 and {layout.embedding_projection} projects the "
+                    "embeddings before the position table is added; no exact fold; use method='scale'"
+                )
+            for module in _embedding_tables(model, layout):
+                if not module.weight.dtype.is_floating_point:
+                    raise HealingNotExactError(f"{model_type}: the embeddings are quantized; healing needs floats")
+            run.target = "input embeddings" + (" and position table" if layout.position_embeddings else "")
+            continue
+        block = blocks[run.before]
+        if layout.mlp_projection is None:
+            if not diagonal:
+                raise HealingNotExactError(
+                    f"{model_type}: {layout.mlp_post_norm} normalises the MLP output before the residual add, so a "
+                    f"full linear map for removed {span} has no exact fold; use diagonal=True (a per-channel scale "
+                    "folds into that norm's weight) or method='scale'"
+                )
+            _required(block, layout.mlp_post_norm, model_type)
+            run.target = f"layers.{run.before}.{layout.mlp_post_norm}.weight"
+        else:
+            module = _required(block, layout.mlp_projection, model_type)
+            _check_projection(module, f"layers.{run.before}.{layout.mlp_projection}", model_type)
+            run.target = f"layers.{run.before}.{layout.mlp_projection}"
+        _required(block, layout.mlp_output, model_type)
+
+
+def check_healing_supported(model: nn.Module, method: str, diagonal: bool = False) -> None:
+    """Refuse, before any expensive work, healing that no removed set could fold exactly into ``model``: an unknown
+    method, a family without a derived fold, a config that breaks it, or a full map through a post-norm. (Whether a
+    run starting at layer 0 can be healed depends on the chosen layers; ``heal_removed_layers`` checks that.)"""
+    if method not in HEALING_METHODS:
+        raise HealingError(f"unknown healing method {method!r}; choose one of {HEALING_METHODS}")
+    model_type, layout = _layout(model)
+    if method == "linear" and not diagonal and layout.mlp_projection is None:
+        raise HealingNotExactError(
+            f"{model_type}: {layout.mlp_post_norm} normalises the MLP output before the residual add, so a full "
+            "linear map has no exact fold; use the diagonal variant (heal_diagonal=True) or heal='scale'"
+        )
+
+
+def _embedding_tables(model: nn.Module, layout: BlockLayout) -> list[nn.Module]:
+    tables = [model.get_input_embeddings()]
+    for path in layout.position_embeddings:
+        table = _submodule(model, path)
+        if table is not None:
+            tables.append(table)
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# statistics: one pass, float64, per batch
+
+
+class _Stop(Exception):
+    """Raised by the last needed block's hook: nothing after it (later blocks, final norm, head) is computed."""
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _stats_device(device: torch.device) -> torch.device:
+    return torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
+
+
+def _accumulate(run: _Run, name: str, value: torch.Tensor) -> None:
+    if name in run.stats:
+        run.stats[name] += value
+    else:
+        run.stats[name] = value.clone()
+
+
+class _Collector:
+    """Forward hooks that turn one batch's activations into per-run float64 sums, then forget the batch."""
+
+    def __init__(self, model, blocks, runs, layout, method, diagonal):
+        self.model, self.blocks, self.runs, self.layout = model, blocks, runs, layout
+        self.method, self.diagonal = method, diagonal
+        self.mask: torch.Tensor | None = None
+        self.handles: list[Any] = []
+        self.last_needed = max(run.last for run in runs)
+
+    def _flat(self, tensor: torch.Tensor) -> torch.Tensor:
+        hidden = tensor.shape[-1]
+        device = _stats_device(tensor.device)
+        flat = tensor.detach().reshape(-1, hidden).to(device=device, dtype=torch.float64, copy=True)
+        mask = self.mask.to(device)
+        if mask.numel() != flat.shape[0]:
+            raise HealingError(f"an activation has {flat.shape[0]} positions but the batch has {mask.numel()} tokens")
+        return flat[mask]
+
+    def install(self) -> None:
+        for run in self.runs:
+            if run.before is None:
+                self.handles.append(
+                    self.blocks[0].register_forward_pre_hook(self._input_hook(run), with_kwargs=True, prepend=True)
+                )
+            else:
+                block = self.blocks[run.before]
+                if self.method == "linear":
+                    module = _submodule(block, self.layout.mlp_output)
+                    self.handles.append(module.register_forward_hook(self._mlp_hook(run)))
+                self.handles.append(block.register_forward_hook(self._before_hook(run)))
+        ends: dict[int, list[_Run]] = {}
+        for run in self.runs:
+            ends.setdefault(run.last, []).append(run)
+        for index, runs in ends.items():
+            self.handles.append(self.blocks[index].register_forward_hook(self._after_hook(runs, index)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _input_hook(self, run: _Run):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            run.pending["x"] = self._flat(hidden)
+            if self.method == "linear":
+                run.pending["rest"] = torch.zeros_like(run.pending["x"])
+                run.pending["m"] = run.pending["x"]
+
+        return hook
+
+    def _mlp_hook(self, run: _Run):
+        def hook(module, args, output):
+            run.pending["m"] = self._flat(_first_tensor(output))  # a copy: Falcon adds to it in place afterwards
+
+        return hook
+
+    def _before_hook(self, run: _Run):
+        def hook(module, args, output):
+            x = self._flat(_first_tensor(output))
+            run.pending["x"] = x
+            if self.method == "linear":
+                run.pending["rest"] = x - run.pending["m"]
+
+        return hook
+
+    def _after_hook(self, runs: list[_Run], index: int):
+        def hook(module, args, output):
+            y = self._flat(_first_tensor(output))
+            for run in runs:
+                self._update(run, y)
+            if index == self.last_needed:
+                raise _Stop
+
+        return hook
+
+    def _update(self, run: _Run, y: torch.Tensor) -> None:
+        x = run.pending.pop("x")
+        _accumulate(run, "yy", (y * y).sum())
+        _accumulate(run, "tokens", torch.tensor(float(y.shape[0]), dtype=torch.float64, device=y.device))
+        if self.method == "scale":
+            _accumulate(run, "abs_x", x.abs().sum(0))
+            _accumulate(run, "abs_y", y.abs().sum(0))
+            _accumulate(run, "xx", (x * x).sum())
+            _accumulate(run, "xy", (x * y).sum())
+            _accumulate(run, "norm_x", x.norm(dim=1).sum())
+            _accumulate(run, "norm_y", y.norm(dim=1).sum())
+            return
+        m, rest = run.pending.pop("m"), run.pending.pop("rest")
+        r = y - rest  # what the MLP summand should have been
+        _accumulate(run, "rr", (r * r).sum())
+        if self.diagonal:
+            _accumulate(run, "mm_diag", (m * m).sum(0))
+            _accumulate(run, "mr_diag", (m * r).sum(0))
+        else:
+            _accumulate(run, "mm", m.T @ m)
+            _accumulate(run, "mr", m.T @ r)
+
+
+def _batches_on_device(batches: Iterable[Mapping[str, Any]], device: torch.device):
+    for batch in batches:
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            raise HealingError(
+                "calibration batches must be mappings with 'input_ids' (and optionally 'attention_mask')"
+            )
+        input_ids = torch.as_tensor(batch["input_ids"])
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else torch.as_tensor(mask).reshape(input_ids.shape)
+        yield input_ids.to(device), mask.to(device)
+
+
+def _collect(model, blocks, runs, layout, method, diagonal, calibration_batches) -> tuple[int, int]:
+    collector = _Collector(model, blocks, runs, layout, method, diagonal)
+    device = model.get_input_embeddings().weight.device
+    num_batches = num_tokens = 0
+    was_training = model.training
+    model.eval()
+    collector.install()
+    try:
+        with torch.no_grad():
+            for input_ids, mask in _batches_on_device(calibration_batches, device):
+                collector.mask = mask.reshape(-1).bool()
+                with contextlib.suppress(_Stop):
+                    model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+                for run in runs:
+                    run.pending.clear()
+                num_batches += 1
+                num_tokens += int(mask.sum())
+    finally:
+        collector.remove()
+        model.train(was_training)
+    if num_tokens == 0:
+        raise HealingError("the calibration batches hold no (unmasked) tokens; healing needs calibration data")
+    return num_batches, num_tokens
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fits
+
+
+def _fit_linear(run: _Run, ridge: float, diagonal: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    s = {k: v.detach().cpu() for k, v in run.stats.items()}
+    yy, rr = float(s["yy"]), float(s["rr"])
+    if diagonal:
+        mm, mr = s["mm_diag"], s["mr_diag"]
+        lam = ridge * float(mm.mean())
+        denominator = mm + lam
+        t = torch.where(denominator > 0, (mr + lam) / denominator.clamp_min(1e-300), torch.ones_like(mr))
+        before = float(mm.sum() - 2 * mr.sum()) + rr
+        after = float((t * t * mm).sum() - 2 * (t * mr).sum()) + rr
+        transform = t
+    else:
+        mm, mr = s["mm"], s["mr"]
+        hidden = mm.shape[0]
+        lam = ridge * float(torch.trace(mm)) / hidden
+        eye = torch.eye(hidden, dtype=torch.float64)
+        if lam > 0:
+            transform = torch.linalg.solve(mm + lam * eye, mr + lam * eye)
+        else:  # rank-revealing, minimum-norm: exact where the target is reachable, defined when mm is singular
+            transform = torch.linalg.lstsq(mm, mr, driver="gelsd").solution
+        before = float(torch.trace(mm) - 2 * torch.trace(mr)) + rr
+        after = float((transform * (mm @ transform)).sum() - 2 * (transform * mr).sum()) + rr
+    denominator = yy if yy > 0 else 1.0
+    return transform, {
+        "residual_before": max(before, 0.0) / denominator,
+        "residual_after": max(after, 0.0) / denominator,
+        "ridge_lambda": lam,
+    }
+
+
+def _fit_scale(run: _Run) -> tuple[float, dict[str, float]]:
+    s = {k: v.detach().cpu() for k, v in run.stats.items()}
+    abs_x, abs_y = s["abs_x"], s["abs_y"]
+    active = abs_x > 0
+    scale = float((abs_y[active] / abs_x[active]).mean()) if bool(active.any()) else 1.0
+    if not math.isfinite(scale) or scale <= 0:
+        raise HealingError(f"layers {run.first}-{run.last}: the magnitude ratio is {scale}; cannot compensate")
+    xx, xy, yy = float(s["xx"]), float(s["xy"]), float(s["yy"])
+    denominator = yy if yy > 0 else 1.0
+    return scale, {
+        "scale": scale,
+        "norm_ratio": float(s["norm_y"] / s["norm_x"]) if float(s["norm_x"]) > 0 else float("nan"),
+        "residual_before": max(xx - 2 * xy + yy, 0.0) / denominator,
+        "residual_after": max(scale * scale * xx - 2 * scale * xy + yy, 0.0) / denominator,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# folds
+
+
+def _set(param: torch.Tensor, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def _fold_into_projection(module: nn.Module, transform: torch.Tensor) -> None:
+    """Make ``module``'s output ``y`` become ``y T`` (full ``T``, hidden x hidden) or ``y * t`` (diagonal ``t``)."""
+    weight = module.weight.detach().to(torch.float64)
+    t = transform.to(device=weight.device, dtype=torch.float64)
+    conv1d = _is_conv1d(module)
+    if t.dim() == 1:
+        new_weight = weight * (t[None, :] if conv1d else t[:, None])
+    else:
+        new_weight = weight @ t if conv1d else t.T @ weight  # Conv1D: y = z W + c; Linear: y = z W^T + c
+    _set(module.weight, new_weight)
+    if getattr(module, "bias", None) is not None:
+        bias = module.bias.detach().to(torch.float64)
+        _set(module.bias, bias * t if t.dim() == 1 else bias @ t)
+
+
+def _fold_into_norm(module: nn.Module, t: torch.Tensor | float, offset: float) -> None:
+    """Make a norm's output ``n(x) * (offset + w) + bias`` become that times ``t`` (per channel or scalar)."""
+    weight = module.weight.detach().to(torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64, device=weight.device)
+    _set(module.weight, (offset + weight) * t - offset)
+    if getattr(module, "bias", None) is not None:
+        _set(module.bias, module.bias.detach().to(torch.float64) * t)
+
+
+def _fold_into_tables(tables: Sequence[nn.Module], transform: torch.Tensor) -> None:
+    for table in tables:
+        weight = table.weight.detach().to(torch.float64)
+        t = transform.to(device=weight.device, dtype=torch.float64)
+        _set(table.weight, weight * t[None, :] if t.dim() == 1 else weight @ t)
+
+
+def _scale_writer(module: nn.Module, factor: float, layout: BlockLayout) -> None:
+    if _writer_kind(module, "", "") == "norm":
+        _fold_into_norm(module, factor, layout.norm_weight_offset)
+        return
+    _set(module.weight, module.weight.detach().to(torch.float64) * factor)
+    if getattr(module, "bias", None) is not None:
+        _set(module.bias, module.bias.detach().to(torch.float64) * factor)
+
+
+def _touched_parameters(model, blocks, kept, runs, layout, method) -> list[torch.Tensor]:
+    modules: list[nn.Module] = []
+    for run in runs:
+        if method == "scale":
+            for i in _kept_after(run, kept):
+                modules += [_submodule(blocks[i], path) for path in layout.residual_writers]
+        elif run.before is None:
+            modules += _embedding_tables(model, layout)
+        else:
+            path = layout.mlp_projection or layout.mlp_post_norm
+            modules.append(_submodule(blocks[run.before], path))
+    params: dict[int, torch.Tensor] = {}
+    for module in modules:
+        for param in module.parameters(recurse=False):
+            params[id(param)] = param
+    return list(params.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the verb
+
+
+def heal_removed_layers(
+    model: nn.Module,
+    removed_layers: Sequence[int],
+    calibration_batches: Iterable[Mapping[str, Any]],
+    method: str = "linear",
+    ridge: float = 0.0,
+    diagonal: bool = False,
+) -> HealingReport:
+    """Fit a training-free patch for every maximal run of ``removed_layers`` and fold it into the kept weights.
+
+    Call on the DENSE model (all layers present), then ``drop_layers(model, removed_layers)``: the statistics
+    compare the pruned stream with the dense one, which only the dense model can show. ``calibration_batches`` are
+    mappings with ``input_ids`` (and ``attention_mask``; masked tokens are left out), e.g. a ``DataLoader`` over a
+    ``CalibrationDataset``. See the module docstring for the exact rules (``method="linear"``: ReplaceMe least
+    squares, ``ridge`` toward the identity relative to the mean eigenvalue (0: none; few calibration tokens
+    overfit without it), ``diagonal`` for a per-channel map; ``method="scale"``:
+    Prune&Comp magnitude compensation). Only kept blocks' weights change, in place; the architecture does not.
+
+    Raises ``HealingError`` for bad input and ``HealingNotExactError`` where no exact fold exists, in both cases
+    before any weight is changed.
+    """
+    start = time.perf_counter()
+    if method not in HEALING_METHODS:
+        raise HealingError(f"unknown healing method {method!r}; choose one of {HEALING_METHODS}")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
+        raise HealingError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if not isinstance(diagonal, bool):
+        raise HealingError(f"diagonal must be True or False, got {diagonal!r}")
+    if method == "scale" and (diagonal or ridge):
+        raise HealingError("ridge and diagonal apply to method='linear'; method='scale' fits one scalar per run")
+    parent, attr = find_decoder_layers(model)
+    blocks = getattr(parent, attr)
+    kept = _kept_from_remove(list(removed_layers), len(blocks))  # validates range, duplicates, keeps >= 1
+    removed = [i for i in range(len(blocks)) if i not in set(kept)]
+    runs = _runs(removed)
+    if not runs:
+        return HealingReport(method, [], time.perf_counter() - start, 0, 0, float(ridge), diagonal)
+    _, layout = _layout(model)
+    _plan(model, blocks, kept, runs, method, diagonal)
+    num_batches, num_tokens = _collect(model, blocks, runs, layout, method, diagonal, calibration_batches)
+
+    fits: list[Any] = []
+    records: list[dict[str, Any]] = []
+    for run in runs:
+        fit, numbers = _fit_scale(run) if method == "scale" else _fit_linear(run, float(ridge), diagonal)
+        fits.append(fit)
+        records.append({"removed_layers": run.layers, "fold_block": run.before, "target": run.target, **numbers})
+        run.stats.clear()
+
+    touched = _touched_parameters(model, blocks, kept, runs, layout, method)
+    backup = [param.detach().clone() for param in touched]
+    try:
+        for run, fit in zip(runs, fits):
+            _apply(model, blocks, kept, run, fit, layout, method)
+    except BaseException:
+        for param, saved in zip(touched, backup):
+            _set(param, saved)
+        raise
+    return HealingReport(
+        method=method,
+        runs=records,
+        seconds=time.perf_counter() - start,
+        calibration_tokens=num_tokens,
+        calibration_batches=num_batches,
+        ridge=float(ridge),
+        diagonal=diagonal,
+        statistic="mean_abs_ratio" if method == "scale" else "least_squares",
+    )
+
+
+def _apply(model, blocks, kept, run: _Run, fit: Any, layout: BlockLayout, method: str) -> None:
+    if method == "scale":
+        for i in _kept_after(run, kept):
+            for path in layout.residual_writers:
+                _scale_writer(_submodule(blocks[i], path), 1.0 / fit, layout)
+        return
+    if run.before is None:
+        _fold_into_tables(_embedding_tables(model, layout), fit)
+    elif layout.mlp_projection is None:
+        _fold_into_norm(_submodule(blocks[run.before], layout.mlp_post_norm), fit, layout.norm_weight_offset)
+    else:
+        _fold_into_projection(_submodule(blocks[run.before], layout.mlp_projection), fit)
+
+
+def record_healing(model: nn.Module, report: HealingReport) -> None:
+    """Add a compact account of ``report`` to ``config.layer_pruning`` (after ``drop_layers`` wrote it), so the saved
+    checkpoint says its kept weights were healed and how."""
+    config = get_decoder_config(model)
+    record = getattr(config, PRUNING_RECORD_KEY, None)
+    if not isinstance(record, dict):
+        record = {}
+    record = dict(record)
+    record["healing"] = {
+        "method": report.method,
+        "diagonal": report.diagonal,
+        "ridge": report.ridge,
+        "calibration_tokens": report.calibration_tokens,
+        "runs": [
+            {key: run[key] for key in ("removed_layers", "target", "scale") if key in run}
+            | {"residual_before": round(run["residual_before"], 6), "residual_after": round(run["residual_after"], 6)}
+            for run in report.runs
+        ],
+    }
+    setattr(config, PRUNING_RECORD_KEY, record)
