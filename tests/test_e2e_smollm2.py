@@ -18,7 +18,15 @@ pytestmark = pytest.mark.slow
 
 def test_prune_smollm2_end_to_end(smollm2, tmp_path):
     model, tokenizer = smollm2
-    config = ShapleyPruningConfig(num_layers_to_remove=3, num_samples=4, seq_length=64, num_masks=16, mc_samples=5000)
+    config = ShapleyPruningConfig(
+        num_layers_to_remove=3,
+        num_samples=4,
+        seq_length=64,
+        num_masks=16,
+        mc_samples=5000,
+        max_evaluations=80,
+        verify_samples=8,
+    )
     pruner = ShapleyLayerPruner(
         model=copy.deepcopy(model),
         args=TrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", disable_tqdm=True),
@@ -28,7 +36,10 @@ def test_prune_smollm2_end_to_end(smollm2, tmp_path):
     result = pruner.prune()
     assert result.num_layers == 30 and len(result.removed_layers) == 3
     kept_mask = "".join("1" if i in result.kept_layers else "0" for i in range(30))
-    assert result.num_model_evaluations == len(set(result.masks) | {kept_mask})  # each distinct mask exactly once
+    # each distinct mask exactly once, on the calibration blocks and (the best few) on the verification blocks
+    assert result.num_model_evaluations == len(set(result.masks) | {kept_mask}) + result.verification_evaluations
+    assert result.selection_evaluations + 2 * result.verification_evaluations <= 80 + 1
+    assert result.game["chosen_on"] == "verification" and result.value_check["num_evaluations"] == 30
     assert result.calibration_ppl_before < result.calibration_ppl_after < 1e4
     assert result.surrogate_fit["num_validation"] >= 3
     assert result.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -199,7 +199,8 @@ def test_kl_objective_end_to_end_on_a_tiny_model(tmp_path):
     assert result.num_model_evaluations == details["evaluations"] + details["reference_passes"]
     assert math.isfinite(details["loss"]) and details["loss"] > 0
     # the chosen set is the best of all it evaluated (no verifier), its loss the KL measured for it
-    losses = {key: evaluator.loss(evaluator.cache.get(key)) for key in set(evaluator.requests)}
+    # (the full model is among the requests: its pass built the KL reference)
+    losses = {key: evaluator.loss(evaluator.cache.get(key)) for key in set(evaluator.requests) if key.count("1") == 4}
     chosen = "".join("0" if i in result.removed_layers else "1" for i in range(6))
     assert details["mask"] == chosen and losses[chosen] == pytest.approx(details["loss"]) == min(losses.values())
     json.dumps(details)
@@ -214,16 +215,18 @@ def test_tiny_model_with_verifier_and_screening():
     assert details["screen_batches"] == 1 and details["screening_evaluations"] > 0
     # screening passes (a third of the tokens each, plus the dense reference) are charged to the budget
     assert details["screening_tokens"] == details["screening_evaluations"] * 32
-    cost = details["evaluations"] + 1 + details["screening_tokens"] / details["tokens_per_mask"]
+    cost = details["evaluations"] + details["screening_tokens"] / details["tokens_per_mask"]
     assert details["cost_in_evaluations"] == pytest.approx(cost) and cost <= 12
-    # no cache: the dense KL reference is one extra pass, counted by select and charged to the budget
-    assert details["reference_passes"] == 1 and details["evaluations"] == len(set(evaluator.requests))
-    assert result.num_model_evaluations == details["evaluations"] + 1
+    # no cache: the dense KL reference pass is the full model's evaluation, a request charged to the budget
+    assert details["reference_passes"] == 0 and details["evaluations"] == len(set(evaluator.requests))
+    assert "1" * 8 in evaluator.requests
+    assert result.num_model_evaluations == details["evaluations"]
     assert len(details["verified"]) == 2 and details["selected_by"] == "verifier"
     chosen = min(details["verified"], key=lambda v: v["verifier_loss"])
     assert result.removed_layers == [i for i, c in enumerate(chosen["mask"]) if c == "0"]
-    assert result.num_verification_evaluations == 2
-    assert result.tokens_processed == result.num_model_evaluations * 96 + 2 * 8 * 16
+    assert result.num_verification_evaluations == 3  # the verifier's dense (reference) pass and the 2 sets
+    screening = details["screening_tokens"]
+    assert result.tokens_processed == result.num_model_evaluations * 96 + 3 * 8 * 16 + screening
 
 
 def test_bad_options():
@@ -240,9 +243,10 @@ def test_kl_budget_counts_the_reference_pass_as_select_does(tmp_path):
 
     model = tiny_model("llama", num_layers=8)
     options = dict(offspring=3, initial=2)  # the same masks in the same order whatever the budget
-    # no cache: the dense reference is an extra pass; a cache without the full model: it goes there (not counted);
-    # the cache again with a larger budget: 10 masks are served from it, the 11th needs the rebuilt reference (counted)
-    for cache, budget, passes in ((None, 10, 1), ("first", 10, 0), ("second", 12, 1)):
+    # no cache, or a cache without the full model: the dense reference pass is the full model's evaluation (a
+    # request); the cache again with a larger budget: the full model is served from it and the reference is rebuilt
+    # by an extra pass (counted)
+    for cache, budget, passes in ((None, 10, 0), ("first", 10, 0), ("second", 12, 1)):
         evaluator = _evaluator(model, _ids())
         if cache is not None:
             evaluator.cache = MaskEvaluationCache(tmp_path, "fingerprint")

@@ -121,6 +121,9 @@ class _Search:
             )
         self.budget_tokens = budget * self.full_tokens
         self.references_before = evaluator.reference_passes
+        # distinct requests since the start: the candidates and, when the KL reference is built here, the full model
+        self.requests_before = len(evaluator.requests)
+        self.screen_requests_before = len(screen.requests) if screen is not None else 0
 
     @staticmethod
     def _reference_pending(evaluator: MaskEvaluator | None) -> bool:
@@ -133,9 +136,16 @@ class _Search:
         return self.evaluator.reference_passes - self.references_before
 
     @property
+    def evaluations(self) -> int:
+        """Distinct masks asked of the main evaluator (the full model included when its pass built the reference)."""
+        return len(set(self.evaluator.requests[self.requests_before :]))
+
+    @property
     def spent_tokens(self) -> int:
-        screened = len(self.screen_loss) + (self.screen.reference_passes if self.screen is not None else 0)
-        main = len(self.loss) + self.reference_passes
+        screened = 0
+        if self.screen is not None:
+            screened = len(set(self.screen.requests[self.screen_requests_before :])) + self.screen.reference_passes
+        main = self.evaluations + self.reference_passes
         return main * self.full_tokens + screened * self.screen_tokens
 
     def seen(self, key: str) -> bool:
@@ -311,7 +321,7 @@ class EvoPress(LayerCriterion):
                 "mask": chosen,
                 "loss": _finite(search.loss[chosen]),
                 "budget": budget,
-                "evaluations": len(search.loss),
+                "evaluations": search.evaluations,
                 "reference_passes": search.reference_passes,
                 "cost_in_evaluations": search.spent_tokens / search.full_tokens,
                 "stopped": stopped,
@@ -325,7 +335,7 @@ class EvoPress(LayerCriterion):
             }
         )
         if screen is not None:
-            passes = len(search.screen_loss) + screen.reference_passes
+            passes = len(set(screen.requests[search.screen_requests_before :])) + screen.reference_passes
             details.update(
                 {
                     "screen_batches": screen_batches,
