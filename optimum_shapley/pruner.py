@@ -45,6 +45,21 @@ def _max_positions(model: PreTrainedModel) -> int | None:
     return None
 
 
+def _config_blocks(tokenizer: Any, config: ShapleyPruningConfig, num_samples: int, seed: int) -> CalibrationDataset:
+    """Calibration blocks from the config's text source: the calibration set, or the larger verification set."""
+    return build_calibration_dataset(
+        tokenizer,
+        config.dataset_name,
+        dataset_config_name=config.dataset_config_name,
+        split=config.dataset_split,
+        text_column=config.text_column,
+        streaming=config.dataset_streaming,
+        num_samples=num_samples,
+        seq_length=config.seq_length,
+        seed=seed,
+    )
+
+
 def pruning_arguments(output_dir: str, batch_size: int = 8, seed: int = 42, disable_tqdm: bool = False):
     """The ``TrainingArguments`` a pruning run uses (the CLI's, and the benches', so they choose the same sets):
     evaluation batch, the cache folder, no logging integration, pinned memory only with CUDA."""
@@ -116,31 +131,15 @@ class ShapleyLayerPruner(Trainer):
         if calibration_dataset is None:
             if processing_class is None:
                 raise ValueError("pass processing_class (the tokenizer) or a ready calibration_dataset")
-            calibration_dataset = build_calibration_dataset(
-                processing_class,
-                pruning_config.dataset_name,
-                dataset_config_name=pruning_config.dataset_config_name,
-                split=pruning_config.dataset_split,
-                text_column=pruning_config.text_column,
-                streaming=pruning_config.dataset_streaming,
-                num_samples=pruning_config.num_samples,
-                seq_length=pruning_config.seq_length,
-                seed=pruning_config.seed,
+            calibration_dataset = _config_blocks(
+                processing_class, pruning_config, pruning_config.num_samples, pruning_config.seed
             )
         self.calibration_dataset = calibration_dataset
         self.verification_dataset = None
         if pruning_config.verify_samples > 0 and pruning_config.method in VERIFYING_METHODS and processing_class:
             # multi-fidelity: a larger sample of the same source, another seed, for re-scoring the best sets
-            self.verification_dataset = build_calibration_dataset(
-                processing_class,
-                pruning_config.dataset_name,
-                dataset_config_name=pruning_config.dataset_config_name,
-                split=pruning_config.dataset_split,
-                text_column=pruning_config.text_column,
-                streaming=pruning_config.dataset_streaming,
-                num_samples=pruning_config.verify_samples,
-                seq_length=pruning_config.seq_length,
-                seed=pruning_config.seed + 1,
+            self.verification_dataset = _config_blocks(
+                processing_class, pruning_config, pruning_config.verify_samples, pruning_config.seed + 1
             )
         if args is None:
             args = TrainingArguments(

@@ -271,6 +271,17 @@ def values_of(surrogate, config: ShapleyPruningConfig, num_layers: int, target: 
     return estimate
 
 
+def one_pass_peer_sets(stats, num_remove: int) -> dict[str, list[int]]:
+    """The removed sets of angular distance (the closest contiguous block) and block influence (the lowest), from
+    one pass of block statistics: the same rules as the ``angular`` and ``block-influence`` criteria."""
+    distances = angular_distances(stats.last_token_states, num_remove)
+    start = min(range(len(distances)), key=lambda s: (distances[s], s))
+    return {
+        "angular": list(range(start, start + num_remove)),
+        "block-influence": lowest([1.0 - c for c in stats.mean_cosine], num_remove),
+    }
+
+
 def flagged(values: np.ndarray, stderr: np.ndarray, num_remove: int) -> list[int]:
     """Layers whose 95% interval overlaps the cut between the ``num_remove`` lowest values and the rest."""
     order = np.sort(values)
@@ -360,13 +371,7 @@ class ShapleyCriterion(LayerCriterion):
             singles.append(mask)
         first = game.evaluate([full, *singles], "peers", "Leave-one-out (peers)")
         loo_loss = [game.loss_of(e) for e in first[1:]]
-        distances = angular_distances(stats.last_token_states, game.num_remove)
-        start = min(range(len(distances)), key=lambda s: (distances[s], s))
-        peer_sets = {
-            "angular": list(range(start, start + game.num_remove)),
-            "block-influence": lowest([1.0 - c for c in stats.mean_cosine], game.num_remove),
-            "leave-one-out": lowest(loo_loss, game.num_remove),
-        }
+        peer_sets = {**one_pass_peer_sets(stats, game.num_remove), "leave-one-out": lowest(loo_loss, game.num_remove)}
         for name, removed in peer_sets.items():
             mask = _kept_mask(num_layers, removed)
             key = mask_to_key(mask)
@@ -612,12 +617,7 @@ class ShapleyCriterion(LayerCriterion):
         if config.reuse_candidates > 0:
             stats = collect_block_statistics(game.evaluator)
             game.extra_passes += 1
-            distances = angular_distances(stats.last_token_states, game.num_remove)
-            start = min(range(len(distances)), key=lambda s: (distances[s], s))
-            peer_sets = {
-                "angular": list(range(start, start + game.num_remove)),
-                "block-influence": lowest([1.0 - c for c in stats.mean_cosine], game.num_remove),
-            }
+            peer_sets = one_pass_peer_sets(stats, game.num_remove)
             game.evaluate([np.ones(num_layers, dtype=bool)], "reuse", "Evaluating the full model")
             for name, removed in peer_sets.items():
                 game.evaluate([_kept_mask(num_layers, removed)], f"peer:{name}", f"Verifying the {name} set")
