@@ -15,7 +15,7 @@ from transformers import TrainingArguments, default_data_collator
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, ShapleySurrogate
 from optimum_shapley.data import CalibrationDataset
 from optimum_shapley.evaluation import MaskEvaluationCache, MaskEvaluator
-from optimum_shapley.evaluation.masks import measure_name, token_losses
+from optimum_shapley.evaluation.losses import measure_name, token_losses
 from optimum_shapley.shapley import region_values, sample_region_masks
 from optimum_shapley.surrogate import train_surrogate
 
@@ -176,6 +176,7 @@ def test_the_run_records_how_it_chose(game_run):
         "peer:block-influence",
         "peer:leave-one-out",
         "elimination",
+        "screened elimination",
         "search",
         "design",
         "lowest values",
@@ -313,7 +314,8 @@ BASE_GAME = dict(
     [
         ("peer:angular", "verification", "angular distance's contiguous block"),
         ("peer:leave-one-out", "calibration", "lowest calibration loss of all verified sets"),
-        ("elimination", "verification", "surrogate-screened elimination"),
+        ("elimination", "verification", "greedy elimination on the utility"),
+        ("screened elimination", "verification", "surrogate-screened elimination"),
         ("search", "calibration", "value-guided search"),
         ("lowest values", "surrogate", "lowest values were removed, without verifying"),
         ("unverified", "surrogate", "not evaluated on the model (unverified)"),

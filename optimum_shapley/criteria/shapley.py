@@ -5,8 +5,9 @@
 1. **peers**: the sets of the one-pass criteria (angular distance, block influence) and the leave-one-out set are
    verified first, so the result is never worse than theirs on the calibration objective;
 2. **design**: random masks from the strata around the target start the surrogate (an ensemble of MLPs);
-3. **elimination**: SLEB screened by the surrogate (from the full model, drop the layer whose removal costs least,
-   evaluating only the layers the surrogate's marginals and the previous step rank cheapest);
+3. **elimination**: SLEB on the utility (from the full model, drop the layer whose removal costs least); a step
+   tries every kept layer while the rest of a full elimination fits the budget with room for the search, else only
+   the layers the surrogate's marginals and the previous step rank cheapest (**screened elimination**);
 4. **search**: rounds of candidates from the game's values around the best verified set (the k lowest values,
    swaps of low-value kept layers for high-value removed ones), the surrogate's own optima and the incumbent's
    one- and two-swap neighbours, ranked by an upper confidence bound over the ensemble, verified on the real
@@ -33,8 +34,9 @@ import numpy as np
 import torch
 
 from ..config import ShapleyPruningConfig
+from ..encoding import key_to_mask, mask_to_key
 from ..evaluation import MaskEvaluator, utilities_from_nll
-from ..sampling import key_to_mask, mask_to_key, sample_masks
+from ..sampling import sample_masks
 from ..search import propose_kept_sets, surrogate_predictor
 from ..shapley import ShapleyEstimate, estimate_contributions, region_values, sample_region_masks
 from ..surrogate import ShapleySurrogate, spearman, train_surrogate
@@ -395,7 +397,7 @@ class ShapleyCriterion(LayerCriterion):
             game.evaluate(design_new, "design", "Evaluating layer masks")
         game.refit()
 
-        # 3. screened elimination (SLEB whose candidates the surrogate's marginals screen)
+        # 3. elimination (SLEB on the utility; screened by the surrogate's marginals when the budget is short)
         self._eliminate(game, singles, loo_loss, reserve)
 
         # 4. value-guided search rounds
@@ -421,13 +423,17 @@ class ShapleyCriterion(LayerCriterion):
 
     def _eliminate(self, game: _Game, singles, loo_loss, reserve: float) -> None:
         """From the full model, drop one layer at a time, following the best real evaluation; the first step is
-        the leave-one-out masks already evaluated, later steps evaluate a screen of the cheapest removals: the
-        layers with the smallest predicted marginal at the current mask and the cheapest of the previous step."""
+        the leave-one-out masks already evaluated. A later step tries every kept layer when the rest of a full
+        elimination still fits the budget with room for two search rounds (SLEB's search on the utility); else
+        it evaluates a screen of the cheapest removals: the layers with the smallest predicted marginal at the
+        current mask and the cheapest of the previous step."""
         config, num_layers, target = game.config, game.num_layers, game.target
         width = min(config.search_candidates, max(3, math.ceil(num_layers / 6)))
+        search_room = 2 * config.search_candidates
         order = np.argsort(loo_loss, kind="stable")
         mask = singles[int(order[0])].copy()
         previous = [int(i) for i in order[1:]]
+        stale = False  # a full step needs no surrogate: refit only before a screened step and at the end
         while mask.sum() > target:
             room = int(game.remaining() - reserve)
             if room < 1:
@@ -435,17 +441,27 @@ class ShapleyCriterion(LayerCriterion):
             kept = np.flatnonzero(mask)
             trial = np.repeat(mask[None], len(kept), axis=0)
             trial[np.arange(len(kept)), kept] = False
-            mean, _ = game.predict(trial)
-            by_surrogate = [int(kept[i]) for i in np.argsort(-mean, kind="stable")[:width]]
-            by_previous = [layer for layer in previous if mask[layer]][:width]
-            screen = list(dict.fromkeys(x for pair in zip(by_surrogate, by_previous) for x in pair))
-            screen += [x for x in by_surrogate + by_previous if x not in screen]
-            rows = [int(np.flatnonzero(kept == layer)[0]) for layer in screen[:room]]
-            new = game.evaluate(list(trial[rows]), "elimination", f"Screened elimination ({mask.sum() - 1} kept)")
+            rest_of_full = sum(range(target + 1, len(kept) + 1))  # this step and the later ones, every layer
+            if room - rest_of_full >= search_room:
+                rows, phase, desc = list(range(len(kept))), "elimination", "Elimination"
+            else:
+                phase, desc = "screened elimination", "Screened elimination"
+                if stale:
+                    game.refit()
+                    stale = False
+                mean, _ = game.predict(trial)
+                by_surrogate = [int(kept[i]) for i in np.argsort(-mean, kind="stable")[:width]]
+                by_previous = [layer for layer in previous if mask[layer]][:width]
+                screen = list(dict.fromkeys(x for pair in zip(by_surrogate, by_previous) for x in pair))
+                screen += [x for x in by_surrogate + by_previous if x not in screen]
+                rows = [int(np.flatnonzero(kept == layer)[0]) for layer in screen[:room]]
+            new = game.evaluate(list(trial[rows]), phase, f"{desc} ({mask.sum() - 1} kept)")
             loss = [game.loss_of(e) for e in new]
             ranked = np.argsort(loss, kind="stable")
             previous = [int(kept[rows[i]]) for i in ranked[1:]]
             mask = key_to_mask(new[int(ranked[0])].mask)
+            stale = True
+        if stale:
             game.refit()
 
     def _candidates(self, game: _Game, values: np.ndarray, incumbent: np.ndarray) -> dict[str, np.ndarray]:
