@@ -203,7 +203,7 @@ def main() -> None:
             flush=True,
         )
         cache_dir = os.path.join(cache_root, alias)
-        cells = [int(r) for r in args.removed.split(",")] if args.removed else CELLS[alias][:1 if args.quick else None]
+        cells = [int(r) for r in args.removed.split(",")] if args.removed else CELLS[alias][: 1 if args.quick else None]
         surrogates = {}
         for removed in cells:
             default_cost = None
@@ -222,9 +222,7 @@ def main() -> None:
                         default_cost = result.selection_evaluations + result.verification_evaluations
                         surrogates[removed] = pruner.surrogate
                         if result.values:
-                            one_shot = sorted(
-                                sorted(range(bench.depth), key=lambda i: (result.values[i], i))[:removed]
-                            )
+                            one_shot = sorted(sorted(range(bench.depth), key=lambda i: (result.values[i], i))[:removed])
                             record(one_shot_row(alias, removed, one_shot, bench, cache_dir, c4, args.num_samples))
                     del pruner
             reuse = REUSE.get(alias)

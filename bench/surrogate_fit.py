@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from optimum_shapley.encoding import key_to_mask  # noqa: E402
 from optimum_shapley.evaluation import MaskEvaluationCache  # noqa: E402
-from optimum_shapley.evaluation.masks import utilities_from_nll  # noqa: E402
-from optimum_shapley.sampling import key_to_mask  # noqa: E402
+from optimum_shapley.evaluation.losses import utilities_from_nll  # noqa: E402
 from optimum_shapley.surrogate import _r2, spearman, train_surrogate  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers.utils import PushToHubMixin
 
+from .registry import CRITERIA, DEFAULT_METHOD, methods_help
 from .shapley import ESTIMATORS
 
 __all__ = [
@@ -69,10 +70,9 @@ class ShapleyPruningConfig(PushToHubMixin):
 
     # --- method
     method: str = field(
-        default="shapley",
+        default=DEFAULT_METHOD,
         metadata=_help(
-            "Layer-selection method: shapley (default), shapley-paper, evopress, block-influence, angular, sleb, ppl, "
-            "taylor, reverse-order, random. The surrogate settings below apply to the shapley methods."
+            f"Layer-selection method: {methods_help()}. The surrogate settings below apply to the shapley methods."
         ),
     )
     # --- target
@@ -256,10 +256,8 @@ class ShapleyPruningConfig(PushToHubMixin):
         def fail(name: str, message: str) -> None:
             raise ValueError(f"ShapleyPruningConfig.{name}: {message}")
 
-        from .criteria import METHODS  # late: the criteria import this module
-
-        if self.method not in METHODS:
-            fail("method", f"must be one of {METHODS}, got {self.method!r}")
+        if self.method not in CRITERIA.names():
+            fail("method", f"must be one of {CRITERIA.names()}, got {self.method!r}")
         if (self.num_layers_to_remove is None) == (self.pruning_ratio is None):
             fail(
                 "num_layers_to_remove",

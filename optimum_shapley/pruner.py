@@ -22,7 +22,7 @@ from .config import ShapleyPruningConfig
 from .criteria import select_layers
 from .data import CalibrationDataset, build_calibration_dataset
 from .evaluation import MaskEvaluation, MaskEvaluationCache, MaskEvaluator, model_fingerprint, run_fingerprint
-from .evaluation.masks import measure_name
+from .evaluation.losses import measure_name
 from .loading import detach_gguf_quantizer
 from .masking import drop_layers, kept_layers_from_mask, num_decoder_layers
 from .result import PruningResult
@@ -370,7 +370,7 @@ class ShapleyLayerPruner(Trainer):
     def _heal(self, removed: list[int], evaluate_calibration: bool, timings: dict[str, float]) -> dict[str, Any]:
         """Training-free healing (``pruning_config.heal``) on the still-dense model, then the removal; the report
         goes to ``config.layer_pruning`` and to the result, with the healed calibration perplexity when asked."""
-        from .evaluation.masks import evaluate_batches
+        from .evaluation.losses import evaluate_batches
         from .healing import heal_removed_layers, record_healing
 
         config = self.pruning_config

@@ -15,20 +15,13 @@ from itertools import combinations
 
 import numpy as np
 
+from .encoding import key_to_mask, mask_to_key
+
 __all__ = ["key_to_mask", "mask_to_key", "sample_masks"]
 
 logger = logging.getLogger(__name__)
 
 _ENUMERATE_LIMIT = 50_000  # below this many subsets of a size, enumerate them instead of rejection sampling
-
-
-def mask_to_key(mask: Sequence[bool] | np.ndarray) -> str:
-    """A mask as a string of 0/1 characters, layer 0 first: the cache key of a mask."""
-    return "".join("1" if bool(v) else "0" for v in mask)
-
-
-def key_to_mask(key: str) -> np.ndarray:
-    return np.array([c == "1" for c in key], dtype=bool)
 
 
 def _allocate(requested: int, capacities: list[int]) -> list[int]:

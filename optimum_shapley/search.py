@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from .sampling import mask_to_key
+from .encoding import mask_to_key
 
 __all__ = [
     "greedy_elimination",

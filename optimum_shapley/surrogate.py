@@ -23,7 +23,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .sampling import mask_to_key
+from .encoding import mask_to_key
 
 __all__ = ["ShapleySurrogate", "SurrogateFit", "SurrogateMember", "spearman", "train_surrogate"]
 

@@ -14,7 +14,7 @@ import pytest
 from cli_runs import REPO, cached_masks, cli_command, cli_env, read_bytes, results, run_cli, save_tiny_model
 
 from optimum_shapley.evaluation import CACHE_FILE_NAME, MaskEvaluation, MaskEvaluationCache
-from optimum_shapley.evaluation.masks import CorruptCacheError
+from optimum_shapley.evaluation.cache import CorruptCacheError
 
 # -- the cache file -------------------------------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@
 from typing import Any
 
 from ..evaluation import MaskEvaluator
+from ..registry import BUILTIN_METHODS, CRITERIA, register_criterion
 from . import evopress, perplexity, shapley, similarity, simple  # noqa: F401  (importing registers the criteria)
-from .base import CRITERIA, CriterionResult, LayerCriterion, get_criterion, register_criterion
+from .base import CriterionResult, LayerCriterion, get_criterion
 
 __all__ = [
     "CRITERIA",
@@ -29,19 +30,9 @@ __all__ = [
     "select_layers",
 ]
 
-METHODS = (
-    "shapley",
-    "shapley-paper",
-    "block-influence",
-    "angular",
-    "sleb",
-    "ppl",
-    "evopress",
-    "taylor",
-    "reverse-order",
-    "random",
-)
-assert set(METHODS) == set(CRITERIA), "every registered criterion is listed in METHODS, in display order"
+METHODS = BUILTIN_METHODS
+"""The built-in methods, in display order (a user's own registered later are in ``CRITERIA.names()``)."""
+assert set(METHODS) == set(CRITERIA), "every built-in method has a registered criterion"
 
 
 def select_layers(

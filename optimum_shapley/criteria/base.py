@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..evaluation import MaskEvaluator
+from ..registry import CRITERIA, register_criterion
 
 __all__ = ["CRITERIA", "CriterionResult", "LayerCriterion", "get_criterion", "register_criterion"]
 
@@ -76,18 +77,10 @@ class LayerCriterion(ABC):
     def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult: ...
 
 
-CRITERIA: dict[str, type[LayerCriterion]] = {}
-
-
-def register_criterion(cls: type[LayerCriterion]) -> type[LayerCriterion]:
-    """Class decorator adding a criterion to the registry under ``cls.name``."""
-    CRITERIA[cls.name] = cls
-    return cls
-
-
 def get_criterion(name: str) -> LayerCriterion:
+    """A fresh instance of the criterion registered as ``name``."""
     if name not in CRITERIA:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(CRITERIA)}")
+        raise ValueError(f"unknown method {name!r}; choose one of {CRITERIA.names()}")
     return CRITERIA[name]()
 
 

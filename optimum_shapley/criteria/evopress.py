@@ -58,8 +58,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..encoding import key_to_mask, mask_to_key
 from ..evaluation import MaskEvaluator
-from ..sampling import key_to_mask, mask_to_key
 from .base import CriterionResult, LayerCriterion, register_criterion
 
 __all__ = ["EvoPress", "default_budget", "default_initial", "default_offspring"]
@@ -196,7 +196,7 @@ def _random_set(rng: random.Random, num_layers: int, num_remove: int) -> str:
 
 def _mutate(rng: random.Random, parent: str, max_mutations: int) -> str:
     """EvoPress's level switch, ``min(U{1..m}, U{1..m})`` times: a kept layer is removed, a removed one restored."""
-    kept = [c == "1" for c in parent]
+    kept = key_to_mask(parent).tolist()
     for _ in range(min(rng.randint(1, max_mutations), rng.randint(1, max_mutations))):
         drop = rng.choice([i for i, k in enumerate(kept) if k])
         restore = rng.choice([i for i, k in enumerate(kept) if not k])
@@ -309,7 +309,7 @@ class EvoPress(LayerCriterion):
                 {"mask": key, "loss": _finite(search.loss[key]), "verifier_loss": _finite(value)}
                 for key, value in zip(finalists, verifier_losses)
             ]
-        removed = [i for i, c in enumerate(chosen) if c == "0"]
+        removed = [i for i, kept in enumerate(key_to_mask(chosen)) if not kept]
         details.update(
             {
                 "generations": len(best_per_generation),

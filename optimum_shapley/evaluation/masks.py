@@ -1,390 +1,63 @@
-"""What a layer mask is worth: token-weighted calibration loss, its utility, and a persistent cache of both.
+"""The mask evaluator: what a layer mask is worth on the calibration set, through the cache, counted.
 
-Evaluating a mask (a forward pass over the calibration set) is the whole cost of the method, so every result is
-appended to ``mask_evaluations.jsonl`` as soon as it exists, keyed by the mask and by a fingerprint of the model,
-the calibration tokens and what was measured. A second run, or a run after an interruption, reads it back and never
-evaluates a cached mask again. The raw token NLL is stored, so switching between utilities reuses the cache.
+Every criterion asks this one object for real-model evaluations, so all of them share the cache and are counted the
+same way. The loss kernel is ``losses.py``, the cache ``cache.py``, shared prefixes ``prefix_sharing.py``; the names
+they export are re-exported here, where they used to live.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..sampling import mask_to_key
+from ..encoding import kept_to_key, mask_to_key
+from .cache import (
+    CACHE_FILE_NAME,
+    CorruptCacheError,
+    MaskEvaluation,
+    MaskEvaluationCache,
+    model_fingerprint,
+    run_fingerprint,
+)
+from .losses import (
+    DEFAULT_KL_TOP_K,
+    MEASURE,
+    OBJECTIVES,
+    DenseReference,
+    evaluate_batches,
+    evaluate_losses,
+    measure_name,
+    token_losses,
+    token_nll,
+    utilities_from_nll,
+)
 
 __all__ = [
     "CACHE_FILE_NAME",
+    "DEFAULT_KL_TOP_K",
     "MEASURE",
+    "OBJECTIVES",
     "CorruptCacheError",
+    "DenseReference",
     "MaskEvaluation",
     "MaskEvaluationCache",
     "MaskEvaluator",
     "evaluate_batches",
-    "model_fingerprint",
-    "DenseReference",
-    "OBJECTIVES",
+    "evaluate_losses",
     "measure_name",
+    "model_fingerprint",
     "run_fingerprint",
     "token_losses",
     "token_nll",
     "utilities_from_nll",
 ]
-
-logger = logging.getLogger(__name__)
-
-CACHE_FILE_NAME = "mask_evaluations.jsonl"
-MEASURE = "token_nll/v1"
-"""What a cached number means: the summed next-token negative log-likelihood over non-padding target tokens."""
-
-OBJECTIVES = ("nll", "kl")
-"""What the search minimises per token: the calibration NLL, or the KL divergence from the dense model's
-next-token distribution (EvoPress's fitness: it compares whole distributions, not one sampled token)."""
-
-DEFAULT_KL_TOP_K = 128
-"""Dense probabilities kept per token for the KL: the top k and the remaining mass (exact KL of the coarsened
-distributions, a lower bound of the full KL); 128 of SmolLM2's 49k tokens hold all but a few percent of the mass."""
-
-
-def measure_name(objective: str = "nll", kl_top_k: int = DEFAULT_KL_TOP_K) -> str:
-    """The cache's name for what is measured: NLL only, or NLL and top-``k`` KL to the dense model."""
-    if objective == "nll":
-        return MEASURE
-    if objective == "kl":
-        return f"token_nll+kl_top{int(kl_top_k)}/v1"
-    raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
-
-
-@dataclass(frozen=True)
-class MaskEvaluation:
-    """One real-model evaluation of a mask: summed next-token NLL and the number of tokens it covers."""
-
-    mask: str  # "1101...": layer 0 first, 1 = kept
-    nll_sum: float  # may be inf or nan for a broken model: kept, never dropped
-    num_tokens: int
-    seconds: float = 0.0
-    kl_sum: float | None = None  # summed KL from the dense model's next-token distribution, when measured
-
-    @property
-    def mean_nll(self) -> float:
-        return self.nll_sum / self.num_tokens if self.num_tokens else float("nan")
-
-    @property
-    def mean_kl(self) -> float:
-        if self.kl_sum is None or not self.num_tokens:
-            return float("nan")
-        return self.kl_sum / self.num_tokens
-
-    @property
-    def perplexity(self) -> float:
-        mean = self.mean_nll
-        if not math.isfinite(mean):
-            return float("inf")
-        return math.exp(min(mean, 700.0))
-
-
-def token_nll(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[float, int]:
-    """Summed next-token NLL (float64) and target-token count of one batch; padding is excluded via attention_mask.
-
-    The targets are shifted instead of the logits: slicing ``logits[:, :-1]`` and flattening it copies the whole
-    (batch, length, vocab) tensor, which costs more than the forward pass itself on a large vocabulary (measured
-    4.6 s against 0.8 s for 10 x 128 tokens and Gemma-3's 262k vocabulary)."""
-    input_ids = batch["input_ids"]
-    attention_mask = batch.get("attention_mask")
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    logits = outputs.logits.float()
-    targets = torch.full_like(input_ids, -100)
-    targets[:, :-1] = input_ids[:, 1:]
-    if attention_mask is not None:
-        targets[:, :-1][attention_mask[:, 1:] == 0] = -100
-    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-    return float(losses.sum(dtype=torch.float64)), int((targets != -100).sum())
-
-
-@dataclass
-class DenseReference:
-    """The dense model's next-token distribution on one calibration batch, coarsened to its top ``k`` tokens plus
-    the remaining mass: what the KL objective compares every mask against (a few MB, not batch x length x vocab)."""
-
-    indices: torch.Tensor  # (B, T, k) long: the dense model's k most likely next tokens
-    log_probs: torch.Tensor  # (B, T, k) float64: their log-probabilities
-    log_rest: torch.Tensor  # (B, T) float64: log of the remaining probability mass
-
-
-def _log_rest(log_top: torch.Tensor) -> torch.Tensor:
-    """log(1 - sum(exp(log_top))) along the last axis, accurate when the top mass is close to 1."""
-    top = torch.logsumexp(log_top, dim=-1).clamp(max=-1e-12)
-    return torch.log(-torch.expm1(top))
-
-
-def token_losses(
-    model: nn.Module,
-    batch: Mapping[str, torch.Tensor],
-    reference: DenseReference | None = None,
-    *,
-    kl_top_k: int | None = None,
-) -> tuple[float, float | None, int, DenseReference | None]:
-    """One forward pass: summed next-token NLL, summed KL from ``reference`` (None without one), target-token count,
-    and, with ``kl_top_k``, this model's own coarsened distribution (the reference, when the model is the dense one).
-
-    NLL and KL come from the same logits without a second (batch, length, vocab) copy: ``logsumexp`` once, then
-    gathers; the targets are shifted instead of the logits (slicing and flattening the logits copies the whole tensor,
-    4.6 s against 0.8 s for 10 x 128 tokens and Gemma-3's 262k vocabulary)."""
-    input_ids = batch["input_ids"]
-    attention_mask = batch.get("attention_mask")
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
-    valid = torch.zeros_like(input_ids, dtype=torch.bool)
-    valid[:, :-1] = True
-    if attention_mask is not None:
-        valid[:, :-1] &= attention_mask[:, 1:] != 0
-    targets = torch.zeros_like(input_ids)
-    targets[:, :-1] = input_ids[:, 1:]
-    lse = torch.logsumexp(logits, dim=-1)  # (B, T)
-    target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    nll = (lse - target_logit).double()
-    count = int(valid.sum())
-    nll_sum = float(nll[valid].sum())
-    kl_sum = None
-    if reference is not None:
-        log_q = (logits.gather(-1, reference.indices) - lse.unsqueeze(-1)).double()
-        log_q_rest = _log_rest(log_q)
-        p = reference.log_probs.exp()
-        p_rest = reference.log_rest.exp()
-        kl = (p * (reference.log_probs - log_q)).sum(-1) + p_rest * (reference.log_rest - log_q_rest)
-        kl_sum = float(kl.clamp(min=0.0)[valid].sum())
-    own = None
-    if kl_top_k is not None:
-        top, indices = logits.topk(min(int(kl_top_k), logits.size(-1)), dim=-1)
-        log_top = (top - lse.unsqueeze(-1)).double()
-        own = DenseReference(indices, log_top, _log_rest(log_top))
-    return nll_sum, kl_sum, count, own
-
-
-def utilities_from_nll(mean_nll: Iterable[float], full_mean_nll: float, utility: str) -> np.ndarray:
-    """Utility of each mask from its mean token NLL and the full model's.
-
-    ``log_ppl_ratio`` = ``log(ppl(full) / ppl(mask))`` = ``nll(full) - nll(mask)``; ``ppl_ratio`` = the paper's
-    ``ppl(full) / ppl(mask)``; ``kl`` = minus the mean KL from the dense model (pass mean KLs, and 0 for the full
-    model: the same difference as the log ratio, on another loss). A non-finite loss (a mask that breaks the model)
-    gets the worst utility: 0 for the ratio, the lowest finite value seen otherwise. It stays aligned with its mask.
-    """
-    nll = np.asarray(list(mean_nll), dtype=np.float64)
-    if not math.isfinite(full_mean_nll):
-        raise ValueError(f"the full model's calibration loss is not finite ({full_mean_nll}); check the model and data")
-    finite = np.isfinite(nll)
-    if utility in ("log_ppl_ratio", "kl"):
-        values = np.where(finite, full_mean_nll - np.where(finite, nll, 0.0), np.nan)
-        worst = values[finite].min() if finite.any() else -1e3
-        return np.where(finite, values, worst)
-    if utility == "ppl_ratio":
-        return np.where(finite, np.exp(np.clip(full_mean_nll - np.where(finite, nll, 0.0), -700, 700)), 0.0)
-    raise ValueError(f"unknown utility {utility!r}")
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """Identify a model's weights cheaply: class, config, and a strided sample of every parameter.
-
-    Hashing every byte of a 70B model would take minutes; a few thousand values per tensor plus shapes and the
-    config tell apart any two checkpoints in practice. Offloaded (meta) tensors contribute their shape only.
-    """
-    digest = hashlib.sha256(type(model).__name__.encode())
-    config = getattr(model, "config", None)
-    if config is not None:
-        config_dict = config.to_dict()
-        for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"):
-            config_dict.pop(key, None)
-        digest.update(json.dumps(config_dict, sort_keys=True, default=str).encode())
-    for name, param in model.named_parameters():
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
-        if param.device.type == "meta" or param.numel() == 0:
-            continue
-        flat = param.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        digest.update(flat[::step].float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def run_fingerprint(model_fp: str, calibration_fp: str, measure: str = MEASURE) -> str:
-    """The cache key shared by all masks of one (model, calibration data, measurement)."""
-    return hashlib.sha256(f"{model_fp}|{calibration_fp}|{measure}".encode()).hexdigest()[:32]
-
-
-class CorruptCacheError(ValueError):
-    """A mask-evaluation cache with an unreadable record before its last line: damage, not an interrupted write."""
-
-
-def _parse_record(raw: bytes, fingerprint: str) -> MaskEvaluation | None:
-    """One cache line -> its evaluation, None for a blank line or another fingerprint; ValueError if unreadable."""
-    text = raw.decode("utf-8")
-    if not text.strip():
-        return None
-    try:
-        record = json.loads(text)
-        if record.get("fingerprint") != fingerprint:
-            return None
-        nll = record["nll_sum"]
-        mask = record["mask"]
-        if not isinstance(mask, str) or not mask or set(mask) - {"0", "1"}:
-            raise ValueError(f"bad mask {mask!r}")
-        kl = record.get("kl_sum")
-        return MaskEvaluation(
-            mask=mask,
-            nll_sum=float(nll) if nll is not None else float(record.get("nll_repr", "nan")),
-            num_tokens=int(record["num_tokens"]),
-            seconds=float(record.get("seconds", 0.0)),
-            kl_sum=float(kl) if kl is not None else (float(record["kl_repr"]) if record.get("kl_repr") else None),
-        )
-    except (KeyError, TypeError, AttributeError) as error:
-        raise ValueError(str(error)) from error
-
-
-class MaskEvaluationCache:
-    """Append-only JSON-lines store of mask evaluations for one fingerprint.
-
-    Each evaluation is one line, flushed and fsync'ed when written, so a killed run loses at most the mask it was
-    evaluating. An unreadable *last* line is a record cut off by a crash: it is skipped and cut from the file before
-    the next append. An unreadable line anywhere else means the file was damaged or edited: loading refuses it with
-    ``CorruptCacheError`` instead of silently re-evaluating (or trusting) what is around it. Lines of other
-    fingerprints are kept in the file but ignored. With ``persist=False`` (the non-main processes of a distributed
-    run) evaluations are only held in memory; the main process writes the one file.
-    """
-
-    def __init__(self, directory: str | os.PathLike, fingerprint: str, *, persist: bool = True):
-        self.directory = os.fspath(directory)
-        self.path = os.path.join(self.directory, CACHE_FILE_NAME)
-        self.fingerprint = fingerprint
-        self.persist = persist
-        self._records: dict[str, MaskEvaluation] = {}
-        self.skipped_lines = 0
-        self._truncate_to: int | None = None  # where a cut-off last record starts, removed before the next append
-        self._load()
-
-    def _load(self) -> None:
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, "rb") as f:
-            data = f.read()
-        lines = data.splitlines(keepends=True)
-        end = 0
-        for number, raw in enumerate(lines, 1):
-            start, end = end, end + len(raw)
-            try:
-                evaluation = _parse_record(raw, self.fingerprint)
-            except ValueError as error:
-                if end < len(data):
-                    raise CorruptCacheError(
-                        f"the mask-evaluation cache {self.path} is corrupt at line {number} of {len(lines)} "
-                        f"({type(error).__name__}: {str(error).splitlines()[0][:80]}); this is not a record cut off "
-                        f"by a crash (only the last line can be): delete line {number} to keep the other records, or "
-                        "delete the file to evaluate every mask again"
-                    ) from error
-                self.skipped_lines += 1
-                self._truncate_to = start
-                break
-            if evaluation is not None:
-                self._records[evaluation.mask] = evaluation
-        if self.skipped_lines:
-            logger.warning("Skipped a record cut off by an interrupted write at the end of %s.", self.path)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __contains__(self, mask: str) -> bool:
-        return mask in self._records
-
-    def get(self, mask: str) -> MaskEvaluation | None:
-        return self._records.get(mask)
-
-    def evaluations(self) -> list[MaskEvaluation]:
-        """Every evaluation held for this fingerprint, in the order first seen."""
-        return list(self._records.values())
-
-    def remember(self, evaluations: Iterable[MaskEvaluation]) -> None:
-        """Hold evaluations in memory without writing them (another process owns the file)."""
-        for evaluation in evaluations:
-            self._records[evaluation.mask] = evaluation
-
-    def add(self, evaluation: MaskEvaluation) -> None:
-        """Append one evaluation durably (in memory only when ``persist`` is off)."""
-        if not self.persist:
-            self._records[evaluation.mask] = evaluation
-            return
-        os.makedirs(self.directory, exist_ok=True)
-        if self._truncate_to is not None:
-            with open(self.path, "r+b") as f:  # drop the record a crash cut off, so the file stays all records
-                f.truncate(self._truncate_to)
-                f.flush()
-                os.fsync(f.fileno())
-            self._truncate_to = None
-        finite = math.isfinite(evaluation.nll_sum)
-        record = {
-            "fingerprint": self.fingerprint,
-            "mask": evaluation.mask,
-            "nll_sum": evaluation.nll_sum if finite else None,
-            "nll_repr": None if finite else repr(evaluation.nll_sum),
-            "num_tokens": evaluation.num_tokens,
-            "seconds": round(evaluation.seconds, 4),
-        }
-        if evaluation.kl_sum is not None:
-            kl_finite = math.isfinite(evaluation.kl_sum)
-            record["kl_sum"] = evaluation.kl_sum if kl_finite else None
-            record["kl_repr"] = None if kl_finite else repr(evaluation.kl_sum)
-        line = json.dumps(record) + "\n"
-        needs_newline = False
-        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            with open(self.path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                needs_newline = f.read(1) != b"\n"  # a whole last record that lost its newline
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(("\n" if needs_newline else "") + line)
-            f.flush()
-            os.fsync(f.fileno())
-        self._records[evaluation.mask] = evaluation
-
-
-def evaluate_batches(
-    model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], prepare: Callable | None = None
-) -> tuple[float, int]:
-    """Token-weighted NLL over an iterable of batches (``prepare`` moves a batch to the model's device)."""
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for batch in batches:
-            if prepare is not None:
-                batch = prepare(batch)
-            nll, count = token_nll(model, batch)
-            total += nll
-            tokens += count
-    return total, tokens
-
-
-def evaluate_losses(
-    model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], references: list[DenseReference] | None
-) -> tuple[float, float | None, int]:
-    """Summed NLL, summed KL (None without ``references``, one per batch) and target tokens over ``batches``."""
-    nll_total, kl_total, tokens = 0.0, 0.0, 0
-    with torch.no_grad():
-        for index, batch in enumerate(batches):
-            nll, kl, count, _ = token_losses(model, batch, references[index] if references is not None else None)
-            nll_total += nll
-            kl_total += kl or 0.0
-            tokens += count
-    return nll_total, (kl_total if references is not None else None), tokens
-
-
-def _key(kept: Iterable[int], num_layers: int) -> str:
-    return mask_to_key(np.isin(np.arange(num_layers), list(kept)))
 
 
 class MaskEvaluator:
@@ -525,11 +198,15 @@ class MaskEvaluator:
         """Evaluation of the model keeping ``keep`` (indices, or a boolean mask over all layers)."""
         from ..masking import kept_layers_from_mask
 
-        kept = kept_layers_from_mask(keep, self.num_layers)
+        return self._serve(kept_layers_from_mask(keep, self.num_layers), self.run)
+
+    def _serve(self, kept: list[int], run: Callable[[list[int]], MaskEvaluation]) -> MaskEvaluation:
+        """The evaluation of ``kept``: from the cache, or from ``run`` (a plain forward, or the prefix-sharing
+        runner of ``evaluate_all``), counted and cached the same way whichever ran it."""
         self.references()  # the dense reference first: its pass is the full model's evaluation
         if self.accelerator is not None and not self._in_batch:
             self._evaluate_shares([kept])  # one process evaluates it, all get the same numbers
-        key = _key(kept, self.num_layers)
+        key = kept_to_key(kept, self.num_layers)
         repeated = key in self._seen
         self.requests.append(key)
         self._seen.add(key)
@@ -543,7 +220,7 @@ class MaskEvaluator:
         dense = self._dense_evaluation
         if dense is not None and key == dense.mask:
             return dense  # counted when the reference pass ran
-        evaluation = self.run(kept)
+        evaluation = run(kept)
         self.num_run_here += 1
         if self.cache is not None:
             self.cache.add(evaluation)
@@ -563,7 +240,7 @@ class MaskEvaluator:
                 nll, kl, tokens = evaluate_losses(self.model, self.prepared_batches(), references)
         finally:
             self.model.train(was_training)
-        return MaskEvaluation(_key(kept, self.num_layers), nll, tokens, time.perf_counter() - start, kl_sum=kl)
+        return MaskEvaluation(kept_to_key(kept, self.num_layers), nll, tokens, time.perf_counter() - start, kl_sum=kl)
 
     def evaluate_all(self, masks: Iterable[Iterable[int] | np.ndarray], desc: str = "Evaluating layer masks"):
         """Evaluate many masks with a progress bar (ETA); cached ones are served without a forward pass."""
@@ -609,14 +286,10 @@ class MaskEvaluator:
             return runner(kept)
 
         results: list[MaskEvaluation | None] = [None] * len(masks)
-        self.run = run
-        try:
-            with tqdm(total=len(masks), desc=desc, unit="mask", disable=not self.show_progress) as progress:
-                for index in trie_order(kept_sets, self.num_layers):
-                    results[index] = self(kept_sets[index])
-                    progress.update(1)
-        finally:
-            self.run = self.forward
+        with tqdm(total=len(masks), desc=desc, unit="mask", disable=not self.show_progress) as progress:
+            for index in trie_order(kept_sets, self.num_layers):
+                results[index] = self._serve(kept_sets[index], run)
+                progress.update(1)
         return results
 
     # ------------------------------------------------------------------------------------------------------------
@@ -641,7 +314,7 @@ class MaskEvaluator:
         from accelerate.utils import gather_object
         from tqdm.auto import tqdm
 
-        keys = [_key(kept, self.num_layers) for kept in kept_sets]
+        keys = [kept_to_key(kept, self.num_layers) for kept in kept_sets]
         digests = gather_object([hashlib.sha256("|".join(keys).encode()).hexdigest()])
         if len(set(digests)) > 1:
             raise RuntimeError(

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..data import prepended_bos_id
-from .masks import evaluate_batches
+from .losses import evaluate_batches
 
 __all__ = [
     "PERPLEXITY_SOURCES",

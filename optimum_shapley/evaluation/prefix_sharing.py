@@ -20,7 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .masks import DenseReference, MaskEvaluation, _key, token_losses
+from ..encoding import kept_to_key
+from .cache import MaskEvaluation
+from .losses import DenseReference, token_losses
 
 __all__ = ["PrefixSharingRunner", "trie_order"]
 
@@ -113,7 +115,9 @@ class PrefixSharingRunner:
         self.layer_passes += len(kept) - start
         self._previous = kept
         kl_sum = kl_total if self.references is not None else None
-        return MaskEvaluation(_key(kept, self.num_layers), total, tokens, time.perf_counter() - begin, kl_sum=kl_sum)
+        return MaskEvaluation(
+            kept_to_key(kept, self.num_layers), total, tokens, time.perf_counter() - begin, kl_sum=kl_sum
+        )
 
     def _enter(self, kept: list[int], start: int):
         """Enter the layer mask of the layers to run; a suffix some config pattern cannot express runs in full."""
