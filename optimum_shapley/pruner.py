@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments, default_data_collator
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .architectures import get_decoder_config
 from .config import ShapleyPruningConfig
@@ -60,16 +61,26 @@ def _config_blocks(tokenizer: Any, config: ShapleyPruningConfig, num_samples: in
     )
 
 
-def pruning_arguments(output_dir: str, batch_size: int = 8, seed: int = 42, disable_tqdm: bool = False):
+def pruning_arguments(
+    output_dir: str,
+    batch_size: int = 8,
+    seed: int = 42,
+    disable_tqdm: bool = False,
+    report_to: str | list[str] = "none",
+    **training_arguments: Any,
+):
     """The ``TrainingArguments`` a pruning run uses (the CLI's, and the benches', so they choose the same sets):
-    evaluation batch, the cache folder, no logging integration, pinned memory only with CUDA."""
+    evaluation batch, the cache folder (TensorBoard's ``runs/`` lands beside it), the logging integrations
+    (``report_to``, offline by default), pinned memory only with CUDA; other ``TrainingArguments`` fields pass
+    through (``bf16``, ``run_name``, ...)."""
     return TrainingArguments(
         output_dir=output_dir,  # the mask-evaluation cache lives here during the run
         per_device_eval_batch_size=batch_size,
-        report_to="none",
+        report_to=report_to,
         disable_tqdm=disable_tqdm,
         dataloader_pin_memory=torch.cuda.is_available(),
         seed=seed,
+        **training_arguments,
     )
 
 
@@ -149,6 +160,10 @@ class ShapleyLayerPruner(Trainer):
         super().__init__(
             model=model, args=args, eval_dataset=calibration_dataset, processing_class=processing_class, **kwargs
         )
+        # the search reports through Trainer.log (report_to integrations, callbacks, state.log_history); the
+        # console already has the evaluator's progress bars, so the Trainer's own printers stay out of it
+        self.remove_callback(ProgressCallback)
+        self.remove_callback(PrinterCallback)
         self.result: PruningResult | None = None
         self.evaluator: MaskEvaluator | None = None  # the calibration evaluator of the last prune()
         self._pruned = False
@@ -280,6 +295,8 @@ class ShapleyLayerPruner(Trainer):
             )
         evaluator = self.evaluator = self.calibration_evaluator(model_fp)
         timings = {"fingerprint": time.perf_counter() - start}
+        self._watch(evaluator)
+        self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
 
         choice = select_layers(
             config.method,
@@ -365,7 +382,55 @@ class ShapleyLayerPruner(Trainer):
             weights_source=str(getattr(self.model, "weights_source", "") or ""),
             healing=healing,
         )
+        self._log_result(self.result)
+        self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         return self.result
+
+    # ------------------------------------------------------------------------------------------------------------
+    # logging: every mask evaluation and every phase of the search goes through Trainer.log, at step = distinct
+    # calibration-set evaluations so far, so TensorBoard / W&B / trackio curves and TrainerCallbacks see the run
+
+    def _watch(self, evaluator: MaskEvaluator) -> None:
+        def on_mask(evaluation: MaskEvaluation, cached: bool, prefix: str) -> None:
+            self._log_at_step(
+                {
+                    f"{prefix}/mask_loss": evaluator_of[prefix].loss(evaluation),
+                    f"{prefix}/mask_nll": evaluation.mean_nll,
+                    f"{prefix}/kept_layers": evaluation.mask.count("1"),
+                    f"{prefix}/cached": int(cached),
+                    "pruning/evaluations": evaluator.num_requested,
+                }
+            )
+
+        def on_event(values: dict[str, Any]) -> None:
+            self._log_at_step({f"pruning/{key}": value for key, value in values.items()})
+
+        evaluator_of = {"pruning": evaluator, "verification": evaluator.verifier}
+        evaluator.listeners.append(lambda e, cached: on_mask(e, cached, "pruning"))
+        evaluator.event_listeners.append(on_event)
+        if evaluator.verifier is not None:
+            evaluator.verifier.listeners.append(lambda e, cached: on_mask(e, cached, "verification"))
+
+    def _log_at_step(self, logs: dict[str, Any]) -> None:
+        if self.evaluator is not None:
+            self.state.global_step = self.evaluator.num_requested
+        self.log(logs)
+
+    def _log_result(self, result: PruningResult) -> None:
+        logs: dict[str, Any] = {
+            "pruning/num_removed": result.num_removed,
+            "pruning/removed_layers": ", ".join(map(str, result.removed_layers)),
+            "pruning/selection_evaluations": result.selection_evaluations,
+            "pruning/verification_evaluations": result.verification_evaluations,
+            "pruning/tokens_processed": result.tokens_processed,
+            "pruning/selection_seconds": result.selection_seconds,
+        }
+        if result.calibration_ppl_before is not None:
+            logs["pruning/calibration_ppl_dense"] = result.calibration_ppl_before
+            logs["pruning/calibration_ppl_pruned"] = result.calibration_ppl_after
+        if result.value_check:
+            logs["pruning/value_check_spearman"] = result.value_check["spearman"]
+        self._log_at_step(logs)
 
     def _heal(self, removed: list[int], evaluate_calibration: bool, timings: dict[str, float]) -> dict[str, Any]:
         """Training-free healing (``pruning_config.heal``) on the still-dense model, then the removal; the report
@@ -434,6 +499,7 @@ class ShapleyLayerPruner(Trainer):
         if not self.is_world_process_zero():
             return output_dir
         with staged_folder(output_dir) as staging:
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))  # log_history: the search, logged
             write_run_folder(
                 staging,
                 model=self.model,
@@ -476,6 +542,9 @@ class ShapleyLayerPruner(Trainer):
                 commit_message=commit_message,
             )
 
+
+TRAINER_STATE_NAME = "trainer_state.json"
+"""The Trainer's state in the run folder: ``log_history`` holds every logged mask evaluation and phase."""
 
 KL_METHODS = ("evopress",)
 """Methods whose fitness is the KL to the dense model whatever the utility (``shapley`` follows ``utility``)."""

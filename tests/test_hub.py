@@ -80,6 +80,7 @@ def test_push_sends_model_and_surrogate_to_their_own_repos(pruner, monkeypatch):
             "shapley_results.json",
             "tokenizer.json",
             "tokenizer_config.json",
+            "trainer_state.json",
         ]
     )
     assert "me/tiny-pruned-shapley-surrogate" in model_card  # the card links the surrogate repo

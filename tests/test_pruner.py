@@ -85,6 +85,7 @@ def test_saved_folder(pruned_run):
         "README.md",
         "shapley_pruning_config.json",
         "shapley_results.json",
+        "trainer_state.json",
     } <= files
     assert {"tokenizer.json", "plots", "surrogate"} <= files
     assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith(".shapley-staging-")]

@@ -165,6 +165,13 @@ class _Game:
                 self.evaluations[evaluation.mask] = evaluation
                 self.phase_of[evaluation.mask] = phase
                 self.spent[phase] = self.spent.get(phase, 0) + 1
+        best = self.best()
+        self.evaluator.report(
+            phase=phase,
+            evaluations=self.used(),
+            phase_evaluations=self.spent.get(phase, 0),
+            **({"best_verified_loss": self.loss(best)} if best is not None else {}),
+        )
         return results
 
     def new(self, masks) -> list[np.ndarray]:
@@ -232,6 +239,11 @@ class _Game:
             mask_keys=keys,
             ensemble_size=config.surrogate_ensemble,
             features=config.surrogate_features,
+        )
+        self.evaluator.report(
+            surrogate_train_masks=self.fit.num_train,
+            surrogate_validation_r2=self.fit.validation_r2,
+            surrogate_validation_spearman=self.fit.validation_spearman,
         )
 
     def predict(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

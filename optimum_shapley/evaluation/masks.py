@@ -122,8 +122,17 @@ class MaskEvaluator:
         self.accelerator = accelerator if cache is not None and getattr(accelerator, "num_processes", 1) > 1 else None
         self._fresh: set[str] = set()  # evaluated by some process during this run, not yet counted
         self._in_batch = False
+        # called with (evaluation, cached) for every mask served for the first time in this run
+        self.listeners: list[Callable[[MaskEvaluation, bool], None]] = []
+        # called with a dict of numbers (and phase names) by the criteria: the search's progress
+        self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
         if self.accelerator is not None:
             self._share_cache()
+
+    def report(self, **values: Any) -> None:
+        """A criterion's progress (phase, best verified loss, surrogate fit, ...) for the event listeners."""
+        for listener in self.event_listeners:
+            listener(dict(values))
 
     @property
     def num_requested(self) -> int:
@@ -176,6 +185,7 @@ class MaskEvaluator:
                     self.requests.append(full_key)
                     self._seen.add(full_key)
                     self.num_cached += 1
+                    self._notify(self.cache.get(full_key), True)
             else:
                 if self.cache is None:
                     self._dense_evaluation = full  # served when the full model is asked for: no second dense pass
@@ -188,6 +198,7 @@ class MaskEvaluator:
                 self._seen.add(full_key)
                 self.num_run += 1
                 self.num_run_here += 1
+                self._notify(full, False)
         return self._references
 
     def prepared_batches(self) -> Iterable[Mapping[str, torch.Tensor]]:
@@ -210,22 +221,32 @@ class MaskEvaluator:
         repeated = key in self._seen
         self.requests.append(key)
         self._seen.add(key)
+        dense = self._dense_evaluation
+        cached = False
         if self.cache is not None and key in self.cache:
             if key in self._fresh:
                 self._fresh.discard(key)
                 self.num_run += 1
             else:
                 self.num_cached += 0 if repeated else 1
-            return self.cache.get(key)
-        dense = self._dense_evaluation
-        if dense is not None and key == dense.mask:
-            return dense  # counted when the reference pass ran
-        evaluation = run(kept)
-        self.num_run_here += 1
-        if self.cache is not None:
-            self.cache.add(evaluation)
-        self.num_run += 1
+                cached = True
+            evaluation = self.cache.get(key)
+        elif dense is not None and key == dense.mask:
+            return dense  # counted (and reported) when the reference pass ran
+        else:
+            evaluation = run(kept)
+            self.num_run_here += 1
+            if self.cache is not None:
+                self.cache.add(evaluation)
+            self.num_run += 1
+        if not repeated:
+            self._notify(evaluation, cached)
         return evaluation
+
+    def _notify(self, evaluation: MaskEvaluation, cached: bool) -> None:
+        """Tell the listeners (the pruner's ``Trainer.log``) about a mask evaluated for the first time this run."""
+        for listener in self.listeners:
+            listener(evaluation, cached)
 
     def forward(self, kept: list[int]) -> MaskEvaluation:
         """One real evaluation (no cache): token-weighted NLL of the model with only ``kept`` layers."""
