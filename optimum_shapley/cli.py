@@ -8,14 +8,22 @@ and a non-zero exit, and nothing half-written is left behind; ``--debug`` shows 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from typing import get_type_hints
+from typing import Any
 
+from transformers import HfArgumentParser
+
+from .cli_arguments import (
+    RunArguments,
+    leading_config_file,
+    prune_argument_parser,
+    prune_arguments,
+    read_config_file,
+)
 from .config import ShapleyPruningConfig
 
 __all__ = [
@@ -32,102 +40,20 @@ __all__ = [
 ]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one option per ``ShapleyPruningConfig`` field, the way ``HfArgumentParser`` does."""
-    from transformers import HfArgumentParser
-
-    hints = get_type_hints(ShapleyPruningConfig)
-    group = parser.add_argument_group("pruning configuration (ShapleyPruningConfig)")
-    for field in dataclasses.fields(ShapleyPruningConfig):
-        field.type = hints[field.name]  # already resolved (config.py has no postponed annotations); made explicit
-        HfArgumentParser._parse_dataclass_field(group, field)
+def command_parser(prog: str = "", **kwargs: Any) -> argparse.ArgumentParser:
+    """argparse's ``parser_class`` for the sub-commands, ours and optimum-cli's: ``prune`` gets the public
+    ``HfArgumentParser`` over its dataclasses (``cli_arguments.py``), the others a plain parser they fill."""
+    if prog.split()[-1:] == ["prune"]:
+        return prune_argument_parser(prog=prog, **kwargs)
+    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(prog=prog, **kwargs)
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
-    """All options of ``prune`` (shared by ``optimum-shapley prune`` and ``optimum-cli shapley prune``)."""
-    parser.add_argument(
-        "model", help="Hub model id, local folder, .gguf file, or a packaged alias: smollm2-135m, gemma3-270m."
-    )
-    parser.add_argument(
-        "--output",
-        "-o",
-        required=True,
-        help="Folder for the pruned model, card, plots and cache. It appears complete at the end (one rename); "
-        "until then the run builds it in OUTPUT.partial, whose mask-evaluation cache a killed run resumes from.",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="Replace an existing --output folder as a whole (its mask-evaluation cache is carried over and reused).",
-    )
-    parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (a folder or Hub repo).")
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16", "auto"],
-        help="Weights dtype for evaluation and the saved model.",
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="Calibration blocks per forward pass.")
-    parser.add_argument(
-        "--device-map",
-        default=None,
-        help="Spread a model too large for one device: 'auto', 'balanced', 'sequential' (from_pretrained's "
-        "device_map). Default: the whole model on the process's device.",
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="Run modelling code shipped with the checkpoint (off by default: it executes that code).",
-    )
-    parser.add_argument(
-        "--surrogate",
-        default=None,
-        help="Reuse a trained surrogate (folder or Hub repo) instead of evaluating masks.",
-    )
-    parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="Push the pruned model to this repo.")
-    parser.add_argument(
-        "--surrogate-repo", default=None, help="Hub repo for the surrogate (default: REPO-shapley-surrogate)."
-    )
-    parser.add_argument("--private", action="store_true", help="Create the Hub repositories as private.")
-    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
-    parser.add_argument("--debug", action="store_true", help="Show full tracebacks on errors.")
-    recovery = parser.add_argument_group("recovery: LoRA fine-tuning after pruning (off unless --recover-dataset)")
-    recovery.add_argument(
-        "--recover-dataset",
-        metavar="DATA",
-        default=None,
-        help="Heal the pruned model with LoRA on this text: Hub dataset id, .txt/.json/.jsonl/.parquet, or 'embedded'.",
-    )
-    recovery.add_argument("--recover-dataset-config", default=None, help="Hub dataset config of --recover-dataset.")
-    recovery.add_argument("--recover-text-column", default=None, help="Column of --recover-dataset (default: text).")
-    recovery.add_argument("--recover-steps", type=int, default=None, help="Training steps (default 200).")
-    recovery.add_argument("--recover-lr", type=float, default=None, help="Learning rate (default 1e-4, as the paper).")
-    recovery.add_argument("--recover-batch-size", type=int, default=None, help="Blocks per step (default 8).")
-    recovery.add_argument("--recover-seq-length", type=int, default=None, help="Tokens per block (default 128).")
-    recovery.add_argument(
-        "--recover-keep-adapter",
-        action="store_true",
-        help="Save the LoRA adapter in adapter/ beside the pruned weights instead of merging it.",
-    )
-    evaluation = parser.add_argument_group(
-        "evaluation: held-out perplexity and zero-shot accuracy before and after pruning, in the card (off unless "
-        "--eval-ppl or --eval-tasks)"
-    )
-    evaluation.add_argument("--eval-ppl", metavar="TEXTS", default=None, help="e.g. wikitext2,ptb,c4 or a text file.")
-    evaluation.add_argument("--eval-tasks", metavar="TASKS", default=None, help="e.g. piqa,arc_easy,hellaswag.")
-    evaluation.add_argument(
-        "--eval-data-dir", default=None, help="Folder with the release files (default: the Hub datasets)."
-    )
-    evaluation.add_argument("--eval-limit", type=int, default=None, help="First N items of each task.")
-    evaluation.add_argument("--eval-max-windows", type=int, default=None, help="First N perplexity windows.")
-    evaluation.add_argument("--eval-seq-length", type=int, default=None, help="Perplexity window (default 128).")
-    evaluation.add_argument(
-        "--eval-backend",
-        default=None,
-        choices=["auto", "native", "lm-eval"],
-        help="Zero-shot scorer (default auto: lm-eval if installed, else native; same numbers).",
-    )
-    add_config_arguments(parser)
+    """``prune``'s options: the parser ``command_parser`` built already holds them (dataclass fields), so this
+    only checks that it is that parser (optimum-cli's registration calls it like the other sub-commands')."""
+    if not isinstance(parser, HfArgumentParser) or RunArguments not in parser.dataclass_types:
+        raise TypeError("the prune parser is built by optimum_shapley.cli.command_parser (argparse parser_class)")
 
 
 def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,35 +129,30 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``optimum-shapley`` parser; ``parser.command_parsers`` maps each sub-command to its parser."""
     parser = argparse.ArgumentParser(
         prog="optimum-shapley",
         description="Remove decoder layers from a causal LM, ranked by surrogate-assisted Shapley values.",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=command_parser)
     prune = subparsers.add_parser(
         "prune",
-        help="Estimate layer contributions, remove the least valuable layers and save the model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="Estimate layer contributions, remove the least valuable layers and save the model "
+        "(`prune MODEL --remove K --output DIR`, or `prune run.yaml`).",
     )
     add_prune_arguments(prune)
     recover = subparsers.add_parser(
         "recover",
         help="Heal a (pruned) model with a short LoRA fine-tune and save it merged or with its adapter.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_recover_arguments(recover)
     evaluate = subparsers.add_parser(
         "evaluate",
         help="Held-out perplexity and zero-shot accuracy (lm-evaluation-harness protocol) of a model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_evaluate_arguments(evaluate)
+    parser.command_parsers = {"prune": prune, "recover": recover, "evaluate": evaluate}
     return parser
-
-
-def _config_from_args(args: argparse.Namespace) -> ShapleyPruningConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ShapleyPruningConfig)}
-    return ShapleyPruningConfig(**values)
 
 
 def _check_writable(path: str) -> None:
@@ -398,7 +319,9 @@ def _prune_recovery_kwargs(args: argparse.Namespace, seed: int) -> dict | None:
 
 def run_prune(args: argparse.Namespace) -> int:
     """Run ``prune`` from parsed arguments; raises on bad input (``main`` turns that into one line)."""
-    config = _config_from_args(args)  # invalid settings fail here, before anything is loaded or written
+    parsed = prune_arguments(args)  # invalid settings fail here, before anything is loaded or written
+    config = parsed.config
+    args = parsed.namespace()
     output = os.path.abspath(args.output)
     _check_output_folder(output, args.overwrite)
     if args.batch_size < 1:
@@ -435,7 +358,9 @@ def run_prune(args: argparse.Namespace) -> int:
     seeded = 0  # bytes of cache copied in from an existing --output: not new work to resume from
     main = True
     try:
-        training_args = pruning_arguments(work, args.batch_size, config.seed, disable_tqdm=args.no_progress)
+        training_args = pruning_arguments(
+            work, args.batch_size, config.seed, disable_tqdm=args.no_progress, **args.training_arguments
+        )
         main = training_args.process_index == 0  # under `accelerate launch`, only the main process writes
         pruner = ShapleyLayerPruner(
             model=model,
@@ -700,7 +625,17 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    run_file = leading_config_file(argv[1:]) if argv[:1] == ["prune"] else None
+    if run_file is not None:  # its keys become the prune parser's defaults; the command line overrides them
+        try:
+            parser.command_parsers["prune"].set_defaults(**read_config_file(run_file))
+        except (OSError, ValueError) as error:
+            print(f"optimum-shapley: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        del argv[1]
+    args = parser.parse_args(argv)
     return run_with_errors_reported(args, RUNNERS[args.command])
 
 

@@ -21,7 +21,25 @@ class _ShapleyLeafCommand(BaseOptimumCLICommand):
         return code
 
 
-class ShapleyPruneCommand(_ShapleyLeafCommand):
+class _ShapleyPruneCommand(_ShapleyLeafCommand):
+    def run(self):
+        import sys
+
+        from optimum_shapley.cli import main
+        from optimum_shapley.cli_arguments import is_config_file
+
+        if is_config_file(getattr(self.args, "model_or_file", None)):
+            # `optimum-cli shapley prune run.yaml ...`: the file sets the defaults before parsing, as in
+            # `optimum-shapley prune run.yaml ...`, so the same tokens go through that one path
+            tokens = sys.argv[sys.argv.index("prune") + 1 :]
+            code = main(["prune", *tokens])
+            if code:
+                raise SystemExit(code)
+            return code
+        return super().run()
+
+
+class ShapleyPruneCommand(_ShapleyPruneCommand):
     COMMAND = CommandInfo(name="prune", help="Remove the decoder layers with the lowest Shapley contribution.")
     RUNNER = "prune"
 
@@ -71,6 +89,20 @@ class ShapleyCommand(BaseOptimumCLICommand):
             self.parser, self._subparsers, self.args = registered, None, args
             return
         super().__init__(subparsers, args, command=command, from_defaults_factory=from_defaults_factory, parser=parser)
+
+    @property
+    def subparsers(self):
+        # the sub-commands' parsers come from optimum_shapley's own factory: `prune` is the public HfArgumentParser
+        # over its dataclasses, exactly the parser of `optimum-shapley prune`
+        if getattr(self, "_subparsers", None) is None:
+            from optimum_shapley.cli import command_parser
+
+            self._subparsers = self.parser.add_subparsers(parser_class=command_parser)
+        return self._subparsers
+
+    @subparsers.setter
+    def subparsers(self, subparsers):
+        self._subparsers = subparsers
 
     def run(self):
         # `optimum-cli shapley` without a sub-command: the help, and a usage-error exit like `optimum-shapley`'s
