@@ -38,7 +38,7 @@ def main() -> None:
     print(f"removed layers {result.removed_layers}; surrogate held-out R^2 {result.surrogate_fit['validation_r2']:.3f}")
     pruner.save_pretrained(script.output)
     if script.push_to_hub:
-        print(pruner.push_to_hub(script.push_to_hub))
+        print(pruner.push_to_hub(repo_id=script.push_to_hub))
 
 
 if __name__ == "__main__":

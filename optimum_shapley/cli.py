@@ -389,7 +389,9 @@ def run_prune(args: argparse.Namespace) -> int:
         pruner.accelerator.wait_for_everyone()
         pushed = None
         if args.push_to_hub:
-            pushed = pruner.push_to_hub(args.push_to_hub, surrogate_repo_id=args.surrogate_repo, private=args.private)
+            pushed = pruner.push_to_hub(
+                repo_id=args.push_to_hub, surrogate_repo_id=args.surrogate_repo, private=args.private
+            )
     except BaseException:
         # a folder this run created that holds no new evaluations to resume from is removed again
         cache = os.path.join(work, CACHE_FILE_NAME)
@@ -409,7 +411,8 @@ def run_prune(args: argparse.Namespace) -> int:
         ("surrogate", os.path.join(output, "surrogate")),
     ]
     if pushed:
-        rows += [("pushed model", pushed["model"]), ("pushed surrogate", pushed["surrogate"])]
+        rows += [("pushed model", pushed["model"])]
+        rows += [("pushed surrogate", pushed["surrogate"])] if "surrogate" in pushed else []
     _print_summary(rows)
     if evaluation is not None:
         from .evaluation.suite import evaluation_text_table

@@ -16,6 +16,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .card_metadata import card_datasets, eval_results, is_hub_id
 from .result import RESULTS_NAME, PruningResult
 
 __all__ = [
@@ -96,20 +97,6 @@ def plot_surrogate_fit(result: PruningResult, path: str) -> str | None:
     return path
 
 
-def _is_hub_id(name: str) -> bool:
-    """``owner/name`` that is a valid Hub repository id and not an existing local path."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if not name or name.count("/") != 1 or name.startswith((".", "~")) or os.path.exists(name):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
 def _path_name(path: str) -> str:
     """A local path's last component (``.gguf`` files without the extension): the folder or file name, never the
     machine path above it."""
@@ -123,7 +110,7 @@ def checkpoint_name(name_or_path: str, gguf_name: str = "") -> str:
     ``general.name`` (``gguf_name``: ``load_causal_lm`` stores it as ``model.gguf_name``), else the folder name or
     file stem."""
     name_or_path = os.fspath(name_or_path or "")
-    if _is_hub_id(name_or_path):
+    if is_hub_id(name_or_path):
         return name_or_path
     return gguf_name or _path_name(name_or_path)
 
@@ -293,8 +280,13 @@ def build_model_card(
     a local folder or ``.gguf`` file writes no machine path."""
     kept = result.num_layers - result.num_removed
     name = result.base_model_name or checkpoint_name(result.base_model)
+    calibration_source = str((result.config or {}).get("dataset_name") or "")  # a Hub id, a file, or None
+    results = eval_results(result.evaluation)
     data = ModelCardData(
-        base_model=result.base_model if _is_hub_id(result.base_model) else None,
+        base_model=result.base_model if is_hub_id(result.base_model) else None,
+        model_name=(f"{name.split('/')[-1]}-pruned" if name else "pruned-model") if results else None,
+        datasets=card_datasets(calibration_source if is_hub_id(calibration_source) else None, result.evaluation),
+        eval_results=results or None,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["optimum-shapley", "layer-pruning", "pruning", f"method-{result.method}"]
@@ -450,8 +442,7 @@ def write_run_folder(
 
     surrogate_path = os.path.join(folder, surrogate_dir)
     if surrogate is not None:
-        surrogate.save_pretrained(surrogate_path)
-        _write_surrogate_card(surrogate_path, result)
+        surrogate.save_pretrained(surrogate_path, model_card_kwargs=surrogate_card_kwargs(result))
     return {
         "model": folder,
         "card": os.path.join(folder, "README.md"),
@@ -461,8 +452,9 @@ def write_run_folder(
     }
 
 
-def _write_surrogate_card(path: str, result: PruningResult) -> None:
-    name = result.base_model_name or checkpoint_name(result.base_model)
+def surrogate_card_kwargs(result: PruningResult) -> dict[str, Any]:
+    """The surrogate card's arguments (``ShapleySurrogate.save_pretrained(model_card_kwargs=...)``): the base
+    model by its checkpoint name, never a machine path, and the held-out fit of this run."""
     fit = result.surrogate_fit or {}
     metrics = (
         f"Held-out R^2 {fit['validation_r2']:.3f}, Spearman {fit['validation_spearman']:.3f} on "
@@ -470,30 +462,11 @@ def _write_surrogate_card(path: str, result: PruningResult) -> None:
         if fit
         else "Reused from an earlier run."
     )
-    content = f"""---
-library_name: optimum-shapley
-tags:
-- optimum-shapley
-- layer-pruning
-- shapley-surrogate
----
-
-# Shapley surrogate for {name or "a causal LM"}
-
-A small MLP that predicts the `{result.utility}` utility of keeping a subset of the {result.num_layers} decoder
-layers of `{name or "the base model"}`. {metrics} Reuse it to prune the same model at another ratio without evaluating a
-single mask:
-
-```python
-from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, ShapleySurrogate
-
-surrogate = ShapleySurrogate.from_pretrained("<this repository>")
-pruner = ShapleyLayerPruner(model=model, pruning_config=ShapleyPruningConfig(num_layers_to_remove=8),
-                            processing_class=tokenizer, surrogate=surrogate)
-pruner.prune(evaluate_calibration=False)
-```
-"""
-    ModelCard(content).save(os.path.join(path, "README.md"))
+    return {
+        "model_title": result.base_model_name or checkpoint_name(result.base_model),
+        "metrics": metrics,
+        "base_model_id": result.base_model if is_hub_id(result.base_model) else None,
+    }
 
 
 def push_run_folder(
@@ -505,22 +478,37 @@ def push_run_folder(
     private: bool | None = None,
     token: str | None = None,
     commit_message: str = "Upload layer-pruned model (optimum-shapley)",
+    revision: str | None = None,
 ) -> dict[str, str]:
-    """Upload a saved run: the model folder (without the surrogate and cache) and the surrogate, each to its repo."""
+    """Upload a saved run: the model folder (without the surrogate and cache) and the surrogate when the run has
+    one, each to its repo; to branch ``revision`` when given (created from the default branch when missing)."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    model_repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    api.upload_folder(
-        repo_id=model_repo,
-        folder_path=folder,
-        commit_message=commit_message,
-        ignore_patterns=[f"{surrogate_dir}/*", "mask_evaluations.jsonl", ".shapley-staging-*"],
-    )
-    surrogate_repo = api.create_repo(surrogate_repo_id, private=private, exist_ok=True).repo_id
-    api.upload_folder(
-        repo_id=surrogate_repo,
-        folder_path=os.path.join(folder, surrogate_dir),
-        commit_message="Upload Shapley surrogate (optimum-shapley)",
-    )
-    return {"model": model_repo, "surrogate": surrogate_repo}
+    uploaded = {}
+    for kind, repo_id_, path, message, ignore in (
+        (
+            "model",
+            repo_id,
+            folder,
+            commit_message,
+            [f"{surrogate_dir}/*", "mask_evaluations.jsonl", ".shapley-staging-*"],
+        ),
+        (
+            "surrogate",
+            surrogate_repo_id,
+            os.path.join(folder, surrogate_dir),
+            "Upload Shapley surrogate (optimum-shapley)",
+            None,
+        ),
+    ):
+        if not os.path.isdir(path):
+            continue  # a method without a surrogate (a peer criterion): the model repository only
+        repo = api.create_repo(repo_id_, private=private, exist_ok=True).repo_id
+        if revision is not None:
+            api.create_branch(repo, branch=revision, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo, folder_path=path, commit_message=message, ignore_patterns=ignore, revision=revision
+        )
+        uploaded[kind] = repo
+    return uploaded

@@ -513,21 +513,35 @@ class ShapleyLayerPruner(Trainer):
             )
         return output_dir
 
-    def push_to_hub(  # type: ignore[override]
+    def push_to_hub(
         self,
-        repo_id: str,
-        *,
-        surrogate_repo_id: str | None = None,
-        private: bool | None = None,
+        commit_message: str | None = "Upload layer-pruned model (optimum-shapley)",
+        blocking: bool = True,
         token: str | None = None,
-        commit_message: str = "Upload layer-pruned model (optimum-shapley)",
+        revision: str | None = None,
+        **kwargs: Any,
     ) -> dict[str, str]:
-        """Push the pruned model (with card and plots) to ``repo_id`` and the surrogate to its own repository
-        (``surrogate_repo_id``, default ``{repo_id}-shapley-surrogate``). Returns both repository ids. After
-        ``recover()`` the pushed model is the merged one, or the pruned base plus ``adapter/`` (``merge=False``)."""
+        """Push the pruned model (with card and plots) and its surrogate, each to its own repository.
+
+        ``Trainer.push_to_hub``'s signature and arguments: the repository is ``repo_id=`` or
+        ``TrainingArguments.hub_model_id`` (else the name of ``output_dir``, under your namespace), the token
+        ``token`` or ``hub_token``, privacy ``private=`` or ``hub_private_repo``; ``revision`` is the branch the
+        commits go to (created when missing). ``surrogate_repo_id=`` names the surrogate's repository (default
+        ``{repo_id}-shapley-surrogate``). Uploads always complete before returning (``blocking`` is accepted for
+        compatibility). Returns both repository ids. After ``recover()`` the pushed model is the merged one, or the
+        pruned base plus ``adapter/`` (``merge=False``)."""
+        from pathlib import Path
+
         from .hub import push_run_folder
 
-        surrogate_repo_id = surrogate_repo_id or f"{repo_id}-shapley-surrogate"
+        repo_id = kwargs.pop("repo_id", None) or self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        surrogate_repo_id = kwargs.pop("surrogate_repo_id", None) or f"{repo_id}-shapley-surrogate"
+        private = kwargs.pop("private", None)
+        private = self.args.hub_private_repo if private is None else private
+        if kwargs:
+            raise TypeError(f"push_to_hub() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+        if self.result is None:
+            raise RuntimeError("call prune() before push_to_hub()")
         if not self.is_world_process_zero():  # one upload, from the main process
             return {}
         with tempfile.TemporaryDirectory() as folder:
@@ -538,8 +552,9 @@ class ShapleyLayerPruner(Trainer):
                 surrogate_repo_id=surrogate_repo_id,
                 surrogate_dir=SURROGATE_DIR,
                 private=private,
-                token=token,
-                commit_message=commit_message,
+                token=token or self.args.hub_token,
+                commit_message=commit_message or "Upload layer-pruned model (optimum-shapley)",
+                revision=revision,
             )
 
 

@@ -14,13 +14,14 @@ Validation then uses every mask some member held out (each predicted by the memb
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from .encoding import mask_to_key
@@ -32,17 +33,43 @@ SURROGATE_FEATURES = ("mask", "mask+adjacent")
 _ACTIVATIONS = {"celu": nn.CELU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
+SURROGATE_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# Shapley surrogate for {{ model_title }}
+
+A small MLP that predicts the `{{ utility }}` utility of keeping a subset of the {{ num_layers }} decoder layers of
+`{{ model_title }}`. {{ metrics }}
+
+Reuse it to prune the same model at another ratio. With the model and calibration data at hand, the pruner verifies
+its best proposals on the real model (`reuse_candidates`, default 8); with `reuse_candidates=0` no mask is evaluated
+and the pruned model's card says the set is unverified:
+
+```python
+from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, ShapleySurrogate
+
+surrogate = ShapleySurrogate.from_pretrained("<this repository>")
+pruner = ShapleyLayerPruner(model=model, pruning_config=ShapleyPruningConfig(num_layers_to_remove=8),
+                            processing_class=tokenizer, surrogate=surrogate)
+pruner.prune()
+```
+"""
+"""The surrogate's model card, rendered by ``PyTorchModelHubMixin`` (``save_pretrained``/``push_to_hub``)."""
+
+
 class ShapleySurrogate(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="optimum-shapley",
     tags=["optimum-shapley", "layer-pruning", "shapley-surrogate"],
+    model_card_template=SURROGATE_CARD_TEMPLATE,
 ):
     """Maps a 0/1 layer mask ``(N, num_layers)`` to predicted utilities ``(N,)``.
 
     Every constructor argument is saved in ``config.json`` by ``save_pretrained``/``push_to_hub``, including which
-    model and utility it was trained for, so a reloaded surrogate can prune the same model at another ratio without
-    evaluating a single mask.
+    model and utility it was trained for, so a reloaded surrogate can prune the same model at another ratio (its
+    proposals verified on the model when one is at hand: ``reuse_candidates``).
     """
 
     def __init__(
@@ -113,6 +140,23 @@ class ShapleySurrogate(
             raise ValueError(f"this surrogate takes masks over {self.num_layers} layers, got {masks.shape[-1]}")
         rows = [self.raw(masks, m) for m in range(self.ensemble_size)]
         return torch.stack(rows) * self.target_scale + self.target_mean
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The mixin's card with this surrogate's facts: ``base_model`` metadata when it was trained on a Hub
+        model, the model named by its checkpoint name (``model_title``; never a machine path), its utility."""
+        from .card_metadata import is_hub_id
+
+        base = os.fspath(kwargs.pop("base_model_id", None) or self.base_model or "")
+        kwargs.setdefault(
+            "model_title", base if is_hub_id(base) else os.path.basename(os.path.normpath(base)) or "a causal LM"
+        )
+        kwargs.setdefault("metrics", "")
+        kwargs.setdefault("utility", self.utility)
+        kwargs.setdefault("num_layers", self.num_layers)
+        card = super().generate_model_card(*args, **kwargs)
+        if is_hub_id(base):
+            card.data.base_model = base
+        return card
 
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
         return self.member_predictions(masks).mean(dim=0)

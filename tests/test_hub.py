@@ -30,7 +30,11 @@ class RecordingApi:
         url.repo_id = repo_id
         return url
 
+    def create_branch(self, repo_id, branch, exist_ok=False, **kwargs):
+        RecordingApi.calls.append(("create_branch", repo_id, branch, self.token))
+
     def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None, **kwargs):
+        RecordingApi.revisions.append((repo_id, kwargs.get("revision"), self.token, commit_message))
         from huggingface_hub.utils import filter_repo_objects
 
         files = []
@@ -58,9 +62,10 @@ def pruner(tmp_path):
 def test_push_sends_model_and_surrogate_to_their_own_repos(pruner, monkeypatch):
     import huggingface_hub
 
+    RecordingApi.revisions = []
     RecordingApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
-    repos = pruner.push_to_hub("me/tiny-pruned", private=True)
+    repos = pruner.push_to_hub(repo_id="me/tiny-pruned", private=True)
     assert repos == {"model": "me/tiny-pruned", "surrogate": "me/tiny-pruned-shapley-surrogate"}
 
     kinds = [c[0] for c in RecordingApi.calls]
@@ -98,7 +103,7 @@ def test_push_before_prune_is_refused(tmp_path):
         processing_class=tiny_tokenizer(),
     )
     with pytest.raises(RuntimeError, match="call prune"):
-        pruner.push_to_hub("me/x")
+        pruner.push_to_hub(repo_id="me/x")
 
 
 # ------------------------------------------------------------------------------------------ card names and plots
@@ -241,3 +246,115 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["svg", "False"]
+
+
+# ------------------------------------------------------------------------------------------ Hub metadata (#16)
+
+
+def _card_data(card: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(card.split("---")[1])
+
+
+def _measurement(ppl: float, piqa: float, source: str = "wikitext2") -> dict:
+    return {
+        "perplexity": {source: {"perplexity": ppl, "num_windows": 10, "seq_length": 128}},
+        "zero_shot": {
+            "piqa": {"acc": piqa, "acc_norm": piqa + 0.01, "num_items": 50, "harness_metrics": ["acc", "acc_norm"]}
+        },
+    }
+
+
+def test_no_evaluation_means_no_model_index(tmp_path):
+    card, _ = _write_run(tmp_path / "out", _result("HuggingFaceTB/SmolLM2-135M-Instruct"))
+    data = _card_data(card)
+    assert "model-index" not in data and "datasets" not in data  # nothing held-out ran, nothing claimed
+
+
+def test_model_index_holds_the_final_models_held_out_results(tmp_path):
+    evaluation = {
+        "protocol": {},
+        "results": {"dense": _measurement(20.0, 0.70), "pruned": _measurement(30.0, 0.65)},
+    }
+    result = _result("HuggingFaceTB/SmolLM2-135M-Instruct", evaluation=evaluation)
+    card, _ = _write_run(tmp_path / "out", result)
+    data = _card_data(card)
+    index = data["model-index"][0]
+    assert index["name"] == "SmolLM2-135M-Instruct-pruned"
+    metrics = {(r["dataset"]["type"], m["type"]): m["value"] for r in index["results"] for m in r["metrics"]}
+    assert metrics == {
+        ("Salesforce/wikitext", "perplexity"): 30.0,
+        ("baber/piqa", "acc"): 0.65,
+        ("baber/piqa", "acc_norm"): 0.66,
+    }
+    assert set(data["datasets"]) == {"Salesforce/wikitext", "baber/piqa"}
+    from huggingface_hub import ModelCard
+
+    assert len(ModelCard(card).data.eval_results) == 3  # the Hub's own parser reads it back
+
+    recovered = dict(evaluation, results={**evaluation["results"], "recovered": _measurement(25.0, 0.68)})
+    card, _ = _write_run(tmp_path / "rec", _result("HuggingFaceTB/SmolLM2-135M-Instruct", evaluation=recovered))
+    values = [m["value"] for r in _card_data(card)["model-index"][0]["results"] for m in r["metrics"]]
+    assert 25.0 in values and 30.0 not in values  # the repository holds the recovered model
+
+
+def test_a_perplexity_on_a_users_file_stays_out_of_the_model_index(tmp_path):
+    evaluation = {"protocol": {}, "results": {"pruned": _measurement(30.0, 0.65, source="notes.txt")}}
+    card, _ = _write_run(tmp_path / "out", _result("me/base", evaluation=evaluation))
+    types = {r["dataset"]["type"] for r in _card_data(card)["model-index"][0]["results"]}
+    assert types == {"baber/piqa"}
+
+
+def test_a_hub_calibration_dataset_is_listed(tmp_path):
+    result = _result("me/base", config={"dataset_name": "allenai/c4", "dataset_config_name": "en"})
+    card, _ = _write_run(tmp_path / "out", result)
+    assert _card_data(card)["datasets"] == ["allenai/c4"]
+
+
+def test_the_surrogate_card_comes_from_the_mixin_with_base_model_metadata(tmp_path):
+    _, surrogate_card = _write_run(tmp_path / "out", _result("HuggingFaceTB/SmolLM2-135M-Instruct"))
+    data = _card_data(surrogate_card)
+    assert data["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert data["library_name"] == "optimum-shapley" and "shapley-surrogate" in data["tags"]
+    assert "without evaluating a single mask" not in surrogate_card and "reuse_candidates" in surrogate_card
+    assert "Held-out R^2 0.900" in surrogate_card
+    _, local = _write_run(tmp_path / "local", _result(str(tmp_path / "some" / "folder")))
+    assert "base_model" not in _card_data(local) and str(tmp_path) not in local
+
+
+def test_push_to_hub_keeps_the_trainers_signature_and_arguments(tmp_path, monkeypatch):
+    import inspect
+
+    import huggingface_hub
+    from transformers import Trainer
+
+    ours = list(inspect.signature(ShapleyLayerPruner.push_to_hub).parameters)
+    assert ours[:5] == list(inspect.signature(Trainer.push_to_hub).parameters)[:5]  # self, commit_message, ...
+    settings = dict(num_layers_to_remove=2, num_samples=4, seq_length=16, method="angular")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        report_to="none",
+        hub_model_id="me/from-args",
+        hub_token="hf_args_token",
+        hub_private_repo=True,
+    )
+    pruner = ShapleyLayerPruner(
+        model=tiny_model("llama"),
+        args=args,
+        pruning_config=ShapleyPruningConfig(**settings),
+        processing_class=tiny_tokenizer(),
+    )
+    pruner.prune(evaluate_calibration=False)
+    RecordingApi.calls, RecordingApi.revisions = [], []
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    repos = pruner.push_to_hub("Pruned 2 layers", revision="pruned-v1")
+    assert repos == {"model": "me/from-args"}  # angular has no surrogate: no empty surrogate repository
+    assert ("create_repo", "me/from-args", True, True) in RecordingApi.calls  # hub_private_repo
+    assert ("create_branch", "me/from-args", "pruned-v1", "hf_args_token") in RecordingApi.calls
+    assert RecordingApi.revisions[0] == ("me/from-args", "pruned-v1", "hf_args_token", "Pruned 2 layers")
+    RecordingApi.revisions = []
+    pruner.push_to_hub(token="hf_explicit", repo_id="me/explicit")
+    assert RecordingApi.revisions[0][0] == "me/explicit" and RecordingApi.revisions[0][2] == "hf_explicit"
+    with pytest.raises(TypeError, match="unexpected keyword arguments: privat"):
+        pruner.push_to_hub(privat=True)

@@ -172,7 +172,7 @@ def test_pruner_recover_adapter_and_push(tokenizer, text_file, tmp_path, monkeyp
 
     RecordingApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
-    pruner.push_to_hub("me/tiny-healed")
+    pruner.push_to_hub(repo_id="me/tiny-healed")
     _, repo, files, _ = RecordingApi.calls[1]
     assert repo == "me/tiny-healed" and "model.safetensors" in files
     assert {f"{ADAPTER_DIR}/adapter_config.json", f"{ADAPTER_DIR}/adapter_model.safetensors"} <= set(files)
