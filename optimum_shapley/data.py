@@ -29,8 +29,11 @@ __all__ = [
     "tokenize_blocks",
 ]
 
-# English prose (the Python language reference topics) inside the stdlib: always present, no network, no download.
+# General English web text shipped in the package (100 C4 documents, ODC-BY 1.0: calibration_data/README.md holds the
+# attribution): always present, no network, no download.
 EMBEDDED_SOURCE = "embedded"
+EMBEDDED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration_data", "c4_en_sample.jsonl")
+EMBEDDED_DESCRIPTION = "embedded (100 C4 English documents, ODC-BY 1.0)"
 
 # Local file formats that load_texts reads; anything else is refused with this list in the message.
 SUPPORTED_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
@@ -68,7 +71,7 @@ def load_texts(
 ) -> list[str] | Iterator[str]:
     """Return the non-empty documents of ``source``, in a deterministic order.
 
-    ``source`` is ``None``/``"embedded"`` (stdlib text), a local ``.txt``/``.json``/``.jsonl``/``.parquet`` file, or a
+    ``source`` is ``None``/``"embedded"`` (the packaged C4 sample), a local ``.txt``/``.json``/``.jsonl``/``.parquet`` file, or a
     Hugging Face Hub dataset id. ``dataset_config_name`` and ``split`` only apply to Hub datasets; ``text_column``
     applies to every source with records (``.json``, ``.jsonl``, ``.parquet``, Hub).
 
@@ -111,9 +114,7 @@ def load_texts(
 
 
 def _load_embedded() -> list[str]:
-    from pydoc_data.topics import topics
-
-    return [topics[key] for key in sorted(topics)]
+    return _load_local(EMBEDDED_FILE, "text")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -494,7 +495,7 @@ def _describe(
     """A human-readable name for the calibration data (the fingerprint, not this, identifies it); a streamed Hub
     dataset names its shuffle buffer (its blocks differ from those of the downloaded split)."""
     if source is None or os.fspath(source) == EMBEDDED_SOURCE:
-        return f"{EMBEDDED_SOURCE} (pydoc_data.topics)"
+        return EMBEDDED_DESCRIPTION
     source = os.fspath(source)
     path = os.path.expanduser(source)
     if os.path.exists(path):

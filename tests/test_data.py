@@ -442,3 +442,17 @@ def test_shared_c4_demo_loads_300_documents(shared_data_dir, bpe_tokenizer):
     assert len(texts) == 300
     dataset = build_calibration_dataset(bpe_tokenizer, path, num_samples=4, seq_length=64)
     assert dataset.input_ids.shape == (4, 64)
+
+
+def test_the_embedded_default_is_the_packaged_c4_sample_with_its_licence():
+    import os
+
+    from optimum_shapley.data import EMBEDDED_FILE, load_texts
+
+    texts = load_texts("embedded")
+    assert len(texts) == 100 and texts == load_texts(None)
+    assert sum(len(t) for t in texts) > 200_000  # enough for 50 blocks of 128 tokens from distinct places
+    notice = os.path.join(os.path.dirname(EMBEDDED_FILE), "README.md")
+    with open(notice, encoding="utf-8") as f:
+        text = f.read()
+    assert "ODC-BY" in text and "allenai/c4" in text and "Common Crawl" in text  # the attribution ships beside it
