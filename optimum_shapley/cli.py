@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from .cli_arguments import (
     read_config_file,
 )
 from .config import ShapleyPruningConfig
+from .run import check_output_folder, check_writable, prune_layers
 
 __all__ = [
     "RUNNERS",
@@ -155,45 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_writable(path: str) -> None:
-    """Fail now, not after hours of evaluations, if ``path`` cannot be created: try it in its nearest existing
-    ancestor (a real probe: permission bits say nothing for root, a read-only mount or a path under a file)."""
-    import tempfile
-
-    ancestor = os.path.dirname(path)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise ValueError(f"--output {path} cannot be created: {ancestor} is a file, not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".optimum-shapley-probe-", dir=ancestor))
-    except OSError as error:
-        raise ValueError(
-            f"--output {path} cannot be created: {ancestor} is not writable ({error.strerror}); choose another folder"
-        ) from error
-
-
-def run_folder(output: str) -> str:
-    """Where ``prune`` builds ``output`` (and keeps the mask-evaluation cache) until the run is complete."""
-    return output + ".partial"
-
-
-def _check_output_folder(path: str, overwrite: bool) -> None:
-    if os.path.isfile(path):
-        raise ValueError(f"--output {path} is a file, expected a folder")
-    _check_writable(path)
-    if not os.path.isdir(path):
-        return
-    from .evaluation import CACHE_FILE_NAME
-
-    leftovers = set(os.listdir(path)) - {CACHE_FILE_NAME}
-    if leftovers and not overwrite:
-        raise ValueError(
-            f"output folder {path} is not empty; pass --overwrite to replace its contents "
-            "(the mask-evaluation cache is kept)"
-        )
-
-
 def _check_hub_access(repo_id: str, surrogate_repo: str | None) -> None:
     """Refuse ``--push-to-hub`` before any work when the upload could not happen."""
     from huggingface_hub import constants, get_token
@@ -208,35 +169,6 @@ def _check_hub_access(repo_id: str, surrogate_repo: str | None) -> None:
         )
     if constants.HF_HUB_OFFLINE:
         raise ValueError("--push-to-hub cannot upload while HF_HUB_OFFLINE=1 is set; unset it to push")
-
-
-def _seed_cache(output: str, work: str, cache_name: str) -> int:
-    """Start ``work`` from the cache of an existing ``output`` (``--overwrite``, or a folder holding only a cache);
-    returns the size of the cache ``work`` starts with, so a failure can tell new evaluations from copied ones."""
-    source, target = os.path.join(output, cache_name), os.path.join(work, cache_name)
-    if os.path.isfile(source) and not os.path.exists(target):
-        from .evaluation import MaskEvaluationCache
-
-        MaskEvaluationCache(output, "", persist=False)  # a damaged cache is refused under its own name
-        os.makedirs(work, exist_ok=True)
-        shutil.copyfile(source, target + ".tmp")
-        os.replace(target + ".tmp", target)
-    return os.path.getsize(target) if os.path.isfile(target) else 0
-
-
-def _publish(work: str, output: str) -> None:
-    """Make the complete ``work`` folder the ``output`` folder in renames: a crash leaves no output or a whole one."""
-    import glob
-    import tempfile
-
-    parent, name = os.path.split(output)
-    if os.path.exists(output):
-        old = tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=parent)
-        os.rmdir(old)  # a free name beside output
-        os.rename(output, old)
-    os.rename(work, output)  # killed between the two renames: no output; the next run resumes from work's cache
-    for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.replaced-*")):
-        shutil.rmtree(old, ignore_errors=True)  # this run's, or one a crash between the renames left behind
 
 
 def _print_summary(rows: list[tuple[str, str]]) -> None:
@@ -318,27 +250,23 @@ def _prune_recovery_kwargs(args: argparse.Namespace, seed: int) -> dict | None:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    """Run ``prune`` from parsed arguments; raises on bad input (``main`` turns that into one line)."""
+    """Run ``prune`` from parsed arguments: check every option, load the model, call ``run.prune_layers``, print
+    the summary; raises on bad input (``main`` turns that into one line)."""
     parsed = prune_arguments(args)  # invalid settings fail here, before anything is loaded or written
     config = parsed.config
     args = parsed.namespace()
     output = os.path.abspath(args.output)
-    _check_output_folder(output, args.overwrite)
+    check_output_folder(output, args.overwrite)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     recovery = _prune_recovery_kwargs(args, config.seed)
     evaluation = _prune_evaluation(args)  # reads its data now: bad evaluation input fails before any work
     if args.push_to_hub:
         _check_hub_access(args.push_to_hub, args.surrogate_repo)
-    work = run_folder(output)
-    if os.path.exists(work) and not os.path.isdir(work):
-        raise ValueError(f"{work} (where the run is built) is a file; move it away")
 
     import torch
 
-    from .evaluation import CACHE_FILE_NAME
     from .loading import load_causal_lm
-    from .pruner import ShapleyLayerPruner, pruning_arguments
     from .surrogate import ShapleySurrogate
 
     start = time.perf_counter()
@@ -349,60 +277,27 @@ def run_prune(args: argparse.Namespace) -> int:
     model, tokenizer = load_causal_lm(
         args.model, gguf_file=args.gguf_file, dtype=dtype, trust_remote_code=args.trust_remote_code, **load_options
     )
-    measurements = {}
-    if evaluation is not None:
-        print("Evaluating the dense model ...", file=sys.stderr)
-        measurements["dense"] = evaluation.run(model, tokenizer, show_progress=not args.no_progress)
-
-    created = not os.path.exists(work)
-    seeded = 0  # bytes of cache copied in from an existing --output: not new work to resume from
-    main = True
-    try:
-        training_args = pruning_arguments(
-            work, args.batch_size, config.seed, disable_tqdm=args.no_progress, **args.training_arguments
-        )
-        main = training_args.process_index == 0  # under `accelerate launch`, only the main process writes
-        pruner = ShapleyLayerPruner(
-            model=model,
-            args=training_args,
-            pruning_config=config,
-            processing_class=tokenizer,
-            surrogate=surrogate,
-        )
-        if main:
-            seeded = _seed_cache(output, work, CACHE_FILE_NAME)
-        result = pruner.prune(evaluate_calibration=True)
-        if evaluation is not None:
-            print("Evaluating the pruned model ...", file=sys.stderr)
-            measurements["pruned"] = evaluation.run(pruner.model, tokenizer, show_progress=not args.no_progress)
-        if recovery is not None:
-            print(f"Recovering with LoRA on {recovery['dataset']} ...", file=sys.stderr)
-            pruner.recover(**recovery)
-            if evaluation is not None:
-                print("Evaluating the recovered model ...", file=sys.stderr)
-                measurements["recovered"] = evaluation.run(pruner.model, tokenizer, show_progress=not args.no_progress)
-        if evaluation is not None:
-            result.evaluation = {"protocol": evaluation.protocol(), "results": measurements}
-        pruner.save_pretrained(work, adapter_base_model=output)  # a kept adapter's base is the final folder
-        if main:
-            _publish(work, output)
-        pruner.accelerator.wait_for_everyone()
-        pushed = None
-        if args.push_to_hub:
-            pushed = pruner.push_to_hub(
-                repo_id=args.push_to_hub, surrogate_repo_id=args.surrogate_repo, private=args.private
-            )
-    except BaseException:
-        # a folder this run created that holds no new evaluations to resume from is removed again
-        cache = os.path.join(work, CACHE_FILE_NAME)
-        fresh = os.path.isfile(cache) and os.path.getsize(cache) > seeded
-        if main and created and os.path.isdir(work) and not fresh:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if not main:
+    outcome = prune_layers(
+        model,
+        tokenizer,
+        config,
+        output,
+        surrogate=surrogate,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        evaluation=evaluation,
+        recovery=recovery,
+        push_to_hub=args.push_to_hub,
+        surrogate_repo=args.surrogate_repo,
+        private=args.private,
+        training_arguments=args.training_arguments,
+        show_progress=not args.no_progress,
+        announce=lambda line: print(line, file=sys.stderr),
+    )
+    if not outcome.written:
         return 0
 
-    rows = result.summary_rows()
+    rows = outcome.result.summary_rows()
     rows[-1] = ("wall time", f"{time.perf_counter() - start:.1f} s (including loading)")
     rows += [
         ("model", output),
@@ -410,6 +305,7 @@ def run_prune(args: argparse.Namespace) -> int:
         ("plots", os.path.join(output, "plots")),
         ("surrogate", os.path.join(output, "surrogate")),
     ]
+    pushed = outcome.pushed
     if pushed:
         rows += [("pushed model", pushed["model"])]
         rows += [("pushed surrogate", pushed["surrogate"])] if "surrogate" in pushed else []
@@ -418,7 +314,7 @@ def run_prune(args: argparse.Namespace) -> int:
         from .evaluation.suite import evaluation_text_table
 
         print()
-        print(evaluation_text_table(measurements))
+        print(evaluation_text_table(outcome.measurements))
     return 0
 
 
@@ -446,7 +342,7 @@ def run_recover(args: argparse.Namespace) -> int:
             f"{args.model} keeps a LoRA adapter in {ADAPTER_DIR}/: load it with PEFT and merge it first (see its card)"
         )
     output = os.path.abspath(args.output)
-    _check_output_folder(output, args.overwrite)
+    check_output_folder(output, args.overwrite)
 
     import json
 
@@ -571,7 +467,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"--output-json {args.output_json} is a folder, expected a file path")
         if not os.path.isdir(os.path.dirname(output_json)):
             raise ValueError(f"--output-json {args.output_json}: folder {os.path.dirname(output_json)} does not exist")
-        _check_writable(output_json)
+        check_writable(output_json)
     suite = _evaluation_suite(
         "--",
         ppl=args.ppl,
