@@ -1,63 +1,40 @@
-"""optimum-shapley: remove whole decoder layers from a causal LM, ranked by surrogate-assisted Shapley values."""
+"""optimum-shapley: remove whole decoder layers from a causal LM, chosen by a cooperative game over the layers.
 
-from .architectures import UnsupportedArchitectureError, find_decoder_layers
+The public API is a few verbs and types (everything else stays importable from its module):
+
+- ``ShapleyPruningConfig`` + ``ShapleyLayerPruner`` (a ``Trainer``): ``prune()``, ``recover()``,
+  ``save_pretrained()``, ``push_to_hub()``; ``prune_layers`` runs the whole job in one call;
+- ``PruningResult`` (what a run chose and measured) and ``ShapleySurrogate`` (the reusable Hub artifact);
+- ``LayerMask`` (skip layers temporarily) and ``drop_layers`` (remove them for good);
+- ``register_criterion`` to add a layer-selection method under a new name;
+- ``load_causal_lm`` (Hub ids, folders, ``.gguf`` files, packaged models), ``perplexity`` and ``zero_shot``.
+"""
+
+from . import criteria as _criteria  # noqa: E402,F401,I001  (registers the built-in methods)
 from .config import ShapleyPruningConfig
-from .criteria import METHODS, CriterionResult, select_layers
-from .data import (
-    EMBEDDED_SOURCE,
-    CalibrationDataError,
-    CalibrationDataset,
-    build_calibration_dataset,
-    load_texts,
-    tokenize_blocks,
-)
-from .evaluation import MaskEvaluator
-from .healing import HealingError, HealingNotExactError, HealingReport, heal_removed_layers
-from .loading import PACKAGED_MODELS, MissingModelPackageError, load_causal_lm
-from .masking import LayerMask, LayerSelectionError, UnsafeLayerRemovalError, drop_layers, num_decoder_layers
+from .evaluation.perplexity import perplexity
+from .evaluation.zeroshot import zero_shot
+from .loading import load_causal_lm
+from .masking import LayerMask, drop_layers
 from .pruner import ShapleyLayerPruner
+from .registry import register_criterion
 from .result import PruningResult
-from .sampling import sample_masks
-from .shapley import ShapleyEstimate, estimate_contributions, paper_contributions, permutation_shapley
-from .surrogate import ShapleySurrogate, SurrogateFit, train_surrogate
+from .run import prune_layers
+from .surrogate import ShapleySurrogate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EMBEDDED_SOURCE",
-    "METHODS",
-    "PACKAGED_MODELS",
-    "CalibrationDataError",
-    "CalibrationDataset",
-    "CriterionResult",
-    "HealingError",
-    "HealingNotExactError",
-    "HealingReport",
     "LayerMask",
-    "LayerSelectionError",
-    "MaskEvaluator",
-    "MissingModelPackageError",
     "PruningResult",
-    "ShapleyEstimate",
     "ShapleyLayerPruner",
     "ShapleyPruningConfig",
     "ShapleySurrogate",
-    "SurrogateFit",
-    "UnsafeLayerRemovalError",
-    "UnsupportedArchitectureError",
     "__version__",
-    "build_calibration_dataset",
     "drop_layers",
-    "estimate_contributions",
-    "find_decoder_layers",
-    "heal_removed_layers",
     "load_causal_lm",
-    "load_texts",
-    "num_decoder_layers",
-    "paper_contributions",
-    "permutation_shapley",
-    "sample_masks",
-    "select_layers",
-    "tokenize_blocks",
-    "train_surrogate",
+    "perplexity",
+    "prune_layers",
+    "register_criterion",
+    "zero_shot",
 ]

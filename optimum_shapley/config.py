@@ -250,6 +250,13 @@ class ShapleyPruningConfig(PushToHubMixin):
             "post-feedforward norm follows the MLP)."
         ),
     )
+    measure_speed: bool = field(
+        default=True,
+        metadata=_help(
+            "Measure what pruning buys, dense against pruned on this machine: prefill and KV-cached decode tokens/s, "
+            "parameters, KV cache and (on CUDA) peak memory; in the summary, card and results (a few seconds)."
+        ),
+    )
     seed: int = field(default=42, metadata=_help("Seed for calibration sampling, masks, surrogate and estimator."))
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ from .loading import detach_gguf_quantizer
 from .masking import drop_layers, kept_layers_from_mask, num_decoder_layers
 from .result import PruningResult
 from .surrogate import ShapleySurrogate
+from .throughput import SpeedReport, measure_speed, speed_comparison
 
 __all__ = ["SURROGATE_DIR", "ShapleyLayerPruner", "pruning_arguments"]
 
@@ -331,9 +332,24 @@ class ShapleyLayerPruner(Trainer):
             here = evaluator.num_run_here + (evaluator.verifier.num_run_here if evaluator.verifier else 0)
             details["evaluations_per_process"] = gather_object([here])
 
+        t = time.perf_counter()
+        dense_speed = self._speed() if config.measure_speed else None
+        timings["speed"] = time.perf_counter() - t
         healing = self._heal(removed, evaluate_calibration, timings) if config.heal != "none" else {}
         if not healing:
             drop_layers(self.model, removed)
+        speed: dict[str, Any] = {}
+        if isinstance(dense_speed, str):
+            speed = {"error": dense_speed}
+        elif dense_speed is not None:
+            t = time.perf_counter()
+            pruned_speed = self._speed()
+            timings["speed"] += time.perf_counter() - t
+            speed = (
+                {"error": pruned_speed}
+                if isinstance(pruned_speed, str)
+                else speed_comparison(dense_speed, pruned_speed)
+            )
         evaluators = [evaluator] + ([evaluator.verifier] if evaluator.verifier is not None else [])
         reference_passes = sum(e.reference_passes for e in evaluators)
         if reference_passes:
@@ -381,6 +397,7 @@ class ShapleyLayerPruner(Trainer):
             config=config.to_dict(),
             weights_source=str(getattr(self.model, "weights_source", "") or ""),
             healing=healing,
+            speed=speed,
         )
         self._log_result(self.result)
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
@@ -430,7 +447,19 @@ class ShapleyLayerPruner(Trainer):
             logs["pruning/calibration_ppl_pruned"] = result.calibration_ppl_after
         if result.value_check:
             logs["pruning/value_check_spearman"] = result.value_check["spearman"]
+        for key in ("prefill_speedup", "decode_speedup", "parameter_ratio"):
+            if result.speed.get(key) is not None:
+                logs[f"pruning/{key}"] = result.speed[key]
         self._log_at_step(logs)
+
+    def _speed(self) -> SpeedReport | str:
+        """This model's speed and size now (``throughput.measure_speed``), or why it could not be measured: a
+        model whose forward does not take a KV cache still gets pruned, and the summary says so."""
+        try:
+            return measure_speed(self.model, seed=self.pruning_config.seed)
+        except Exception as error:  # noqa: BLE001 - reported in the result, never fatal to the pruning
+            logger.warning("Speed not measured: %s", error)
+            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
     def _heal(self, removed: list[int], evaluate_calibration: bool, timings: dict[str, float]) -> dict[str, Any]:
         """Training-free healing (``pruning_config.heal``) on the still-dense model, then the removal; the report

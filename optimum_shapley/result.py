@@ -59,6 +59,7 @@ class PruningResult:
     tokens_processed: int = 0  # input tokens of every evaluation the method needed
     game: dict[str, Any] = field(default_factory=dict)  # criteria.shapley.GameEvidence of a shapley run
     value_check: dict[str, Any] = field(default_factory=dict)  # {"spearman", "num_evaluations", "new_evaluations"}
+    speed: dict[str, Any] = field(default_factory=dict)  # throughput.speed_comparison (or {"error": ...})
     healing: dict[str, Any] = field(default_factory=dict)  # healing.HealingReport.to_dict() when heal != "none"
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +119,12 @@ class PruningResult:
             ("method cost", f"{cost}, {self.selection_seconds:.1f} s"),
             ("model evaluations", self._evaluations_text()),
         ]
+        if self.speed.get("error"):
+            rows.append(("speed", f"not measured ({self.speed['error']})"))
+        elif self.speed:
+            from .throughput import speed_summary
+
+            rows += speed_summary(self.speed)
         if self.healing:
             from .healing import healing_summary
 

@@ -8,13 +8,9 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from optimum_shapley import (
-    LayerMask,
-    LayerSelectionError,
-    UnsupportedArchitectureError,
-    drop_layers,
-    find_decoder_layers,
-)
+from optimum_shapley import LayerMask, drop_layers
+from optimum_shapley.architectures import UnsupportedArchitectureError, find_decoder_layers
+from optimum_shapley.masking import LayerSelectionError
 
 
 class NoStack(torch.nn.Module):

@@ -9,7 +9,8 @@ import torch
 from tiny_models import tiny_inputs, tiny_model
 from transformers import AutoModelForCausalLM
 
-from optimum_shapley import LayerMask, UnsafeLayerRemovalError, drop_layers
+from optimum_shapley import LayerMask, drop_layers
+from optimum_shapley.masking import UnsafeLayerRemovalError
 
 MOE = dict(
     hidden_size=32,

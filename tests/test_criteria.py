@@ -10,9 +10,10 @@ from tiny_models import DEPTH, VOCAB, tiny_model
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from optimum_shapley import CalibrationDataset, ShapleyPruningConfig
+from optimum_shapley import ShapleyPruningConfig
 from optimum_shapley.criteria import METHODS, select_layers
 from optimum_shapley.criteria.similarity import angular_distances
+from optimum_shapley.data import CalibrationDataset
 from optimum_shapley.evaluation import MaskEvaluator
 
 SHAPLEY_OPTIONS = dict(num_masks=30, mc_samples=1000, surrogate_epochs=50, num_samples=4, seq_length=16)

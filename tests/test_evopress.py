@@ -12,9 +12,10 @@ from tiny_models import VOCAB, tiny_model
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from optimum_shapley import CalibrationDataset, ShapleyPruningConfig
+from optimum_shapley import ShapleyPruningConfig
 from optimum_shapley.criteria import METHODS, select_layers
 from optimum_shapley.criteria.evopress import _mutate, default_budget, default_initial, default_offspring
+from optimum_shapley.data import CalibrationDataset
 from optimum_shapley.encoding import mask_to_key
 from optimum_shapley.evaluation import MaskEvaluation, MaskEvaluator
 

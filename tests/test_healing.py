@@ -13,8 +13,8 @@ from tiny_models import ARCHITECTURES, DEPTH, VOCAB, tiny_inputs, tiny_model
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from optimum_shapley import LayerSelectionError, drop_layers, find_decoder_layers
-from optimum_shapley.architectures import HEALING_LAYOUTS
+from optimum_shapley import drop_layers
+from optimum_shapley.architectures import HEALING_LAYOUTS, find_decoder_layers
 from optimum_shapley.healing import (
     HealingError,
     HealingNotExactError,
@@ -22,6 +22,7 @@ from optimum_shapley.healing import (
     heal_removed_layers,
     record_healing,
 )
+from optimum_shapley.masking import LayerSelectionError
 
 # Gemma-2/3 normalise the MLP output (post_feedforward_layernorm) before the residual add: only diagonal maps fold.
 POST_NORM = {"gemma2", "gemma3_text"}

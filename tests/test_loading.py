@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from optimum_shapley import MissingModelPackageError, load_causal_lm
-from optimum_shapley.loading import PACKAGED_MODELS, resolve_model_source
+from optimum_shapley import load_causal_lm
+from optimum_shapley.loading import PACKAGED_MODELS, MissingModelPackageError, resolve_model_source
 
 
 @pytest.mark.parametrize("alias", sorted(PACKAGED_MODELS))

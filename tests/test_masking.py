@@ -9,8 +9,8 @@ import torch
 from tiny_models import ARCHITECTURES, DEPTH, VOCAB, tiny_inputs, tiny_model
 from transformers import AutoModelForCausalLM
 
-from optimum_shapley import LayerMask, drop_layers, find_decoder_layers
-from optimum_shapley.architectures import get_decoder_config
+from optimum_shapley import LayerMask, drop_layers
+from optimum_shapley.architectures import find_decoder_layers, get_decoder_config
 
 # Keep sets: without layer 0, without the last layer, a single layer, alternating, and all layers.
 KEEP_SETS = [[1, 2, 4], [0, 1, 2, 3, 4], [2, 3, 4, 5], [3], [0, 2, 4], list(range(DEPTH))]

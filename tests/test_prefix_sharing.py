@@ -11,7 +11,7 @@ from tiny_models import ARCHITECTURES, DEPTH, VOCAB, tiny_model
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from optimum_shapley import CalibrationDataset
+from optimum_shapley.data import CalibrationDataset
 from optimum_shapley.evaluation import MaskEvaluationCache, MaskEvaluator
 from optimum_shapley.evaluation.prefix_sharing import PrefixSharingRunner, trie_order
 from optimum_shapley.sampling import sample_masks

@@ -12,13 +12,8 @@ import torch
 from tiny_models import DEPTH, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-from optimum_shapley import (
-    CalibrationDataError,
-    PruningResult,
-    ShapleyLayerPruner,
-    ShapleyPruningConfig,
-    ShapleySurrogate,
-)
+from optimum_shapley import PruningResult, ShapleyLayerPruner, ShapleyPruningConfig, ShapleySurrogate
+from optimum_shapley.data import CalibrationDataError
 from optimum_shapley.evaluation import CACHE_FILE_NAME
 
 FAST = dict(num_samples=4, seq_length=16, num_masks=24, mc_samples=2000, surrogate_epochs=60, seed=3)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from optimum_shapley import LayerMask, drop_layers, num_decoder_layers
+from optimum_shapley import LayerMask, drop_layers
+from optimum_shapley.masking import num_decoder_layers
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from optimum_shapley import sample_masks
-from optimum_shapley.sampling import key_to_mask, mask_to_key
+from optimum_shapley.sampling import key_to_mask, mask_to_key, sample_masks
 
 
 def test_full_model_first_distinct_and_stratified():

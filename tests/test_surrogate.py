@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from optimum_shapley import ShapleySurrogate, train_surrogate
-from optimum_shapley.surrogate import spearman
+from optimum_shapley import ShapleySurrogate
+from optimum_shapley.surrogate import spearman, train_surrogate
 
 
 def _additive_data(n=160, layers=16, seed=0):
