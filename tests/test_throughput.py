@@ -48,7 +48,8 @@ def test_the_run_reports_what_pruning_bought(tmp_path):
     assert f"{speed['decode_speedup']:.2f}x" in rows["decode, KV-cached"]
     assert "peak CUDA memory" not in rows  # measured on CPU: no allocator peak is claimed
     out = pruner.save_pretrained(tmp_path / "out")
-    card = open(f"{out}/README.md", encoding="utf-8").read()
+    with open(f"{out}/README.md", encoding="utf-8") as f:
+        card = f.read()
     assert "decode, KV-cached" in card and f"{speed['decode_speedup']:.2f}x" in card
 
 
