@@ -20,7 +20,17 @@ from typing import Any
 from .config import ShapleyPruningConfig
 from .result import PruningResult
 
-__all__ = ["PruneOutcome", "check_output_folder", "check_writable", "prune_layers", "publish_folder", "run_folder"]
+__all__ = [
+    "PruneOutcome",
+    "RecoverOutcome",
+    "check_output_folder",
+    "check_writable",
+    "prune_layers",
+    "publish_folder",
+    "recover_folder",
+    "run_folder",
+    "write_json_atomically",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +202,141 @@ def prune_layers(
             shutil.rmtree(work, ignore_errors=True)
         raise
     return PruneOutcome(result, output, pushed or {}, measurements, written=main)
+
+
+def write_json_atomically(path: str, record: dict) -> None:
+    """Write ``record`` as JSON to ``path`` whole or not at all (a temporary file beside it, then one rename)."""
+    import json
+
+    folder = os.path.dirname(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+@dataclass
+class RecoverOutcome:
+    """What ``recover_folder`` did: the recovery, where it lies, and the file that records it."""
+
+    recovery: Any  # recovery.RecoveryResult
+    output_dir: str
+    record: str  # shapley_results.json of a run folder, or recovery.json
+    adapter_dir: str
+
+
+def recover_folder(
+    model_path: str,
+    output_dir: str | os.PathLike,
+    recovery: dict[str, Any],
+    *,
+    dtype: str = "float32",
+    gguf_file: str | None = None,
+    overwrite: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> RecoverOutcome:
+    """LoRA-heal the model at ``model_path`` (``recovery``: ``recover()`` keywords with ``dataset``) and write it to
+    ``output_dir``, whole or not at all: merged, or base weights + ``adapter/``. A pruned run folder keeps its
+    results, plots and surrogate, and its card gains a *Recovery* section."""
+    import json
+
+    import torch
+
+    from .hub import staged_folder, write_run_folder
+    from .loading import load_causal_lm
+    from .pruner import SURROGATE_DIR
+    from .recovery import ADAPTER_DIR, recover, save_model_and_adapter
+    from .result import RESULTS_NAME
+
+    say = announce or logger.info
+    if os.path.isfile(os.path.join(model_path, ADAPTER_DIR, "adapter_config.json")):
+        raise ValueError(
+            f"{model_path} keeps a LoRA adapter in {ADAPTER_DIR}/: load it with PEFT and merge it first (see its card)"
+        )
+    output = os.path.abspath(os.fspath(output_dir))
+    check_output_folder(output, overwrite)
+    is_run = os.path.isfile(os.path.join(model_path, RESULTS_NAME))
+    if is_run:  # read everything first: a broken run folder fails before any training
+        from .surrogate import ShapleySurrogate
+
+        result = PruningResult.from_json_file(os.path.join(model_path, RESULTS_NAME))
+        pruning_config = ShapleyPruningConfig.from_pretrained(model_path)
+        surrogate_path = os.path.join(model_path, SURROGATE_DIR)
+        surrogate = ShapleySurrogate.from_pretrained(surrogate_path) if os.path.isdir(surrogate_path) else None
+    say(f"Loading {model_path} ...")
+    model, tokenizer = load_causal_lm(
+        model_path, gguf_file=gguf_file, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+    )
+    options = dict(recovery)
+    dataset = options.pop("dataset")
+    healed = recover(model, tokenizer, dataset, **options)
+
+    with staged_folder(output) as staging:
+        if is_run:
+            record = healed.to_dict()
+            if result.recovery:
+                record["previous"] = result.recovery
+            result.recovery = record
+            write_run_folder(
+                staging,
+                model=healed.model,
+                tokenizer=tokenizer,
+                pruning_config=pruning_config,
+                result=result,
+                surrogate=surrogate,
+                surrogate_dir=SURROGATE_DIR,
+                adapter_base_model=output,
+            )
+        else:
+            if healed.merged:
+                healed.model.save_pretrained(staging)
+            else:
+                save_model_and_adapter(healed.model, staging, output)
+            tokenizer.save_pretrained(staging)
+            with open(os.path.join(staging, "recovery.json"), "w", encoding="utf-8") as f:
+                json.dump(healed.to_dict(), f, indent=2)
+                f.write("\n")
+    record_path = os.path.join(output, RESULTS_NAME if is_run else "recovery.json")
+    return RecoverOutcome(healed, output, record_path, ADAPTER_DIR)
+
+
+def evaluate_folder(
+    model_path: str,
+    suite: Any,
+    *,
+    dtype: str = "float32",
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    show_progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the prepared ``EvaluationSuite`` on the model at ``model_path`` (with its kept LoRA adapter, if any):
+    ``{"model", "protocol", "results": {label: measurement}}``, the record ``evaluate --output-json`` writes."""
+    import torch
+
+    from .loading import load_causal_lm
+    from .recovery import ADAPTER_DIR
+
+    say = announce or logger.info
+    say(f"Loading {model_path} ...")
+    model, tokenizer = load_causal_lm(
+        model_path,
+        gguf_file=gguf_file,
+        dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+        trust_remote_code=trust_remote_code,
+    )
+    adapter = os.path.join(model_path, ADAPTER_DIR)
+    if os.path.isfile(os.path.join(adapter, "adapter_config.json")):  # a recovery that kept its LoRA adapter
+        from peft import PeftModel
+
+        say(f"Applying the LoRA adapter in {adapter}")
+        model = PeftModel.from_pretrained(model, adapter)
+    measurement = suite.run(model, tokenizer, show_progress=show_progress)
+    label = os.path.basename(os.path.normpath(model_path)) or model_path
+    return {"model": model_path, "protocol": suite.protocol(), "results": {label: measurement}}

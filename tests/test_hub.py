@@ -16,6 +16,7 @@ class RecordingApi:
     """Stands in for huggingface_hub.HfApi: records create_repo/upload_folder and the files each would send."""
 
     calls: list = []
+    revisions: list = []  # (repo, revision, token, commit message) of every upload_folder
 
     def __init__(self, token=None):
         self.token = token

@@ -273,10 +273,15 @@ def test_registered_with_optimum_cli():
     assert names == ["prune", "recover", "evaluate"]
     import argparse
 
-    parser = argparse.ArgumentParser()
+    from optimum_shapley.cli_arguments import command_parser, resolve_model
+
+    parser = command_parser("optimum-cli shapley recover")  # the parser_class optimum-cli's `shapley` uses
     module.ShapleyRecoverCommand.parse_args(parser)
     args = parser.parse_args(["model", "--dataset", "d.json", "--output", "o", "--steps", "7", "--keep-adapter"])
     assert (args.steps, args.keep_adapter, args.lr) == (7, True, 1e-4)
+    assert resolve_model(args).model == "model"
+    with pytest.raises(TypeError, match="built by"):
+        module.ShapleyRecoverCommand.parse_args(argparse.ArgumentParser())
 
 
 def test_gguf_model_trains_after_drop_layers(smollm2):

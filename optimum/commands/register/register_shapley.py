@@ -45,7 +45,7 @@ class ShapleyPruneCommand(_ShapleyPruneCommand):
 
     @staticmethod
     def parse_args(parser):
-        from optimum_shapley.cli import add_prune_arguments
+        from optimum_shapley.cli_arguments import add_prune_arguments
 
         add_prune_arguments(parser)
 
@@ -56,7 +56,7 @@ class ShapleyRecoverCommand(_ShapleyLeafCommand):
 
     @staticmethod
     def parse_args(parser):
-        from optimum_shapley.cli import add_recover_arguments
+        from optimum_shapley.cli_arguments import add_recover_arguments
 
         add_recover_arguments(parser)
 
@@ -67,7 +67,7 @@ class ShapleyEvaluateCommand(_ShapleyLeafCommand):
 
     @staticmethod
     def parse_args(parser):
-        from optimum_shapley.cli import add_evaluate_arguments
+        from optimum_shapley.cli_arguments import add_evaluate_arguments
 
         add_evaluate_arguments(parser)
 
@@ -95,7 +95,7 @@ class ShapleyCommand(BaseOptimumCLICommand):
         # the sub-commands' parsers come from optimum_shapley's own factory: `prune` is the public HfArgumentParser
         # over its dataclasses, exactly the parser of `optimum-shapley prune`
         if getattr(self, "_subparsers", None) is None:
-            from optimum_shapley.cli import command_parser
+            from optimum_shapley.cli_arguments import command_parser
 
             self._subparsers = self.parser.add_subparsers(parser_class=command_parser)
         return self._subparsers
