@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
-from optimum_shapley import LayerMask, build_calibration_dataset, load_causal_lm  # noqa: E402
-from optimum_shapley.data import CalibrationDataset  # noqa: E402
+from optimum_shapley import LayerMask, load_causal_lm  # noqa: E402
+from optimum_shapley.data import CalibrationDataset, build_calibration_dataset  # noqa: E402
 from optimum_shapley.evaluation import (  # noqa: E402
     MaskEvaluationCache,
     MaskEvaluator,

@@ -25,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from optimum_shapley import LayerMask, drop_layers, find_decoder_layers, load_causal_lm  # noqa: E402
+from optimum_shapley import LayerMask, drop_layers, load_causal_lm  # noqa: E402
+from optimum_shapley.architectures import find_decoder_layers  # noqa: E402
 
 
 def forward(model, input_ids):

@@ -85,7 +85,8 @@ class Probe:
 def _load(model_name: str, probe: Probe):
     import torch
 
-    from optimum_shapley import build_calibration_dataset, load_causal_lm
+    from optimum_shapley import load_causal_lm
+    from optimum_shapley.data import build_calibration_dataset
 
     torch.manual_seed(0)
     model, tokenizer = load_causal_lm(model_name, dtype=torch.float32)
@@ -141,9 +142,10 @@ def measure_zero_and_restore(args) -> None:
     from torch.utils.data import DataLoader
     from transformers import default_data_collator
 
-    from optimum_shapley import find_decoder_layers, sample_masks
+    from optimum_shapley.architectures import find_decoder_layers
     from optimum_shapley.config import default_strata
     from optimum_shapley.evaluation import evaluate_batches
+    from optimum_shapley.sampling import sample_masks
 
     probe = Probe()
     model, calibration, weights_mib = _load(args.model, probe)

@@ -25,8 +25,9 @@ sys.path.insert(0, ROOT)
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
-from optimum_shapley import LayerMask, ShapleyPruningConfig, build_calibration_dataset, load_causal_lm  # noqa: E402
+from optimum_shapley import LayerMask, ShapleyPruningConfig, load_causal_lm  # noqa: E402
 from optimum_shapley.criteria import select_layers  # noqa: E402
+from optimum_shapley.data import build_calibration_dataset  # noqa: E402
 from optimum_shapley.evaluation import (  # noqa: E402
     MaskEvaluationCache,
     MaskEvaluator,

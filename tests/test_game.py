@@ -199,6 +199,8 @@ def test_the_cost_is_counted_in_evaluations_and_tokens(game_run):
     assert result.tokens_processed == result.selection_evaluations * tokens + result.verification_evaluations * (
         verifier_tokens
     )
+    # the budget (in calibration-set evaluations) holds everything, the verification set's dense pass included
+    assert result.tokens_processed <= result.game["budget"] * tokens
     assert result.selection_evaluations + 2 * result.verification_evaluations <= result.game["budget"]
     assert result.game["budget"] == 2 * sum(8 - t for t in range(2))
 

@@ -399,7 +399,9 @@ class ShapleyCriterion(LayerCriterion):
         # reserve what the end needs: verification of the top sets, the lowest-value set and the value check
         verifier = evaluator.verifier
         per_verification = verifier.tokens_per_mask / max(evaluator.tokens_per_mask, 1) if verifier else 0.0
-        reserve = 1 + config.verify_top * per_verification + (num_layers if config.value_check else 0)
+        # (the verification set's own dense pass, the KL reference there, is one more verification pass)
+        verifications = config.verify_top + (1 if verifier is not None and verifier.objective == "kl" else 0)
+        reserve = 1 + verifications * per_verification + (num_layers if config.value_check else 0)
 
         # 2. design: at most 40% of what the search may still spend, and at least what a surrogate needs
         design = sample_masks(num_layers, game.strata, config.resolved_num_masks(num_layers), config.seed)
@@ -555,7 +557,7 @@ class ShapleyCriterion(LayerCriterion):
             return top[0], "calibration"
         scored = verifier.evaluate_all([key_to_mask(k) for k in top], desc="Re-scoring the best sets")
         ratio = verifier.tokens_per_mask / max(game.evaluator.tokens_per_mask, 1)
-        game.verification_equivalents += ratio * len(top)
+        game.verification_equivalents += ratio * verifier.num_requested  # the re-scored sets and the KL reference
         game.verifier_loss = {k: game.loss_of(e) for k, e in zip(top, scored)}
         order = {k: i for i, k in enumerate(top)}
         return min(top, key=lambda k: (game.verifier_loss[k], order[k])), "verification"
