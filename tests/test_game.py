@@ -199,6 +199,7 @@ def test_the_cost_is_counted_in_evaluations_and_tokens(game_run):
     assert result.tokens_processed == result.selection_evaluations * tokens + result.verification_evaluations * (
         verifier_tokens
     )
+    assert result.game["verification_evaluations"] == result.verification_evaluations  # the card's count is the cost's
     # the budget (in calibration-set evaluations) holds everything, the verification set's dense pass included
     assert result.tokens_processed <= result.game["budget"] * tokens
     assert result.selection_evaluations + 2 * result.verification_evaluations <= result.game["budget"]

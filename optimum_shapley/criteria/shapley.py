@@ -617,7 +617,8 @@ class ShapleyCriterion(LayerCriterion):
             flagged_layers=flagged(np.asarray(estimate.values), np.asarray(estimate.stderr), game.num_remove),
             value_check=value_check,
             spent=dict(game.spent),
-            verification_evaluations=len(verifier_loss),
+            # passes over the verification set: the re-scored sets and its own dense (KL reference) pass
+            verification_evaluations=verifier.num_requested if verifier is not None and verifier_loss else 0,
             verification_blocks=game.config.verify_samples if verifier is not None and verifier_loss else 0,
             budget=game.budget,
             stopped=stopped,
