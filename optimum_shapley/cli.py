@@ -99,14 +99,12 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.push_to_hub:
         check_hub_access(args.push_to_hub, args.surrogate_repo)
 
-    import torch
-
-    from .loading import load_causal_lm
+    from .loading import load_causal_lm, torch_dtype
     from .surrogate import ShapleySurrogate
 
     start = time.perf_counter()
     surrogate = ShapleySurrogate.from_pretrained(args.surrogate, strict=True) if args.surrogate else None
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = torch_dtype(args.dtype)
     print(f"Loading {args.model} ...", file=sys.stderr)
     load_options = {"device_map": args.device_map} if args.device_map else {}
     model, tokenizer = load_causal_lm(

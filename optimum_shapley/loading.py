@@ -23,7 +23,15 @@ __all__ = [
     "gguf_model_name",
     "load_causal_lm",
     "resolve_model_source",
+    "torch_dtype",
 ]
+
+
+def torch_dtype(name: str) -> Any:
+    """A ``--dtype`` option's value as ``from_pretrained`` takes it: ``"auto"`` as is, else the ``torch`` dtype."""
+    import torch
+
+    return name if name == "auto" else getattr(torch, name)
 
 
 class MissingModelPackageError(ImportError):

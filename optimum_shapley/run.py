@@ -246,10 +246,8 @@ def recover_folder(
     results, plots and surrogate, and its card gains a *Recovery* section."""
     import json
 
-    import torch
-
     from .hub import staged_folder, write_run_folder
-    from .loading import load_causal_lm
+    from .loading import load_causal_lm, torch_dtype
     from .pruner import SURROGATE_DIR
     from .recovery import ADAPTER_DIR, recover, save_model_and_adapter
     from .result import RESULTS_NAME
@@ -270,9 +268,7 @@ def recover_folder(
         surrogate_path = os.path.join(model_path, SURROGATE_DIR)
         surrogate = ShapleySurrogate.from_pretrained(surrogate_path) if os.path.isdir(surrogate_path) else None
     say(f"Loading {model_path} ...")
-    model, tokenizer = load_causal_lm(
-        model_path, gguf_file=gguf_file, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
-    )
+    model, tokenizer = load_causal_lm(model_path, gguf_file=gguf_file, dtype=torch_dtype(dtype))
     options = dict(recovery)
     dataset = options.pop("dataset")
     healed = recover(model, tokenizer, dataset, **options)
@@ -318,9 +314,8 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """Run the prepared ``EvaluationSuite`` on the model at ``model_path`` (with its kept LoRA adapter, if any):
     ``{"model", "protocol", "results": {label: measurement}}``, the record ``evaluate --output-json`` writes."""
-    import torch
 
-    from .loading import load_causal_lm
+    from .loading import load_causal_lm, torch_dtype
     from .recovery import ADAPTER_DIR
 
     say = announce or logger.info
@@ -328,7 +323,7 @@ def evaluate_folder(
     model, tokenizer = load_causal_lm(
         model_path,
         gguf_file=gguf_file,
-        dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+        dtype=torch_dtype(dtype),
         trust_remote_code=trust_remote_code,
     )
     adapter = os.path.join(model_path, ADAPTER_DIR)
