@@ -332,9 +332,7 @@ class ShapleyLayerPruner(Trainer):
             here = evaluator.num_run_here + (evaluator.verifier.num_run_here if evaluator.verifier else 0)
             details["evaluations_per_process"] = gather_object([here])
 
-        t = time.perf_counter()
-        dense_speed = self._speed() if config.measure_speed else None
-        timings["speed"] = time.perf_counter() - t
+        dense_speed = self._speed(timings) if config.measure_speed else None
         healing = self._heal(removed, evaluate_calibration, timings) if config.heal != "none" else {}
         if not healing:
             drop_layers(self.model, removed)
@@ -342,9 +340,7 @@ class ShapleyLayerPruner(Trainer):
         if isinstance(dense_speed, str):
             speed = {"error": dense_speed}
         elif dense_speed is not None:
-            t = time.perf_counter()
-            pruned_speed = self._speed()
-            timings["speed"] += time.perf_counter() - t
+            pruned_speed = self._speed(timings)
             speed = (
                 {"error": pruned_speed}
                 if isinstance(pruned_speed, str)
@@ -452,14 +448,18 @@ class ShapleyLayerPruner(Trainer):
                 logs[f"pruning/{key}"] = result.speed[key]
         self._log_at_step(logs)
 
-    def _speed(self) -> SpeedReport | str:
+    def _speed(self, timings: dict[str, float]) -> SpeedReport | str:
         """This model's speed and size now (``throughput.measure_speed``), or why it could not be measured: a
-        model whose forward does not take a KV cache still gets pruned, and the summary says so."""
+        model whose forward does not take a KV cache still gets pruned, and the summary says so. The seconds
+        it takes add to ``timings["speed"]``."""
+        start = time.perf_counter()
         try:
             return measure_speed(self.model, seed=self.pruning_config.seed)
         except Exception as error:  # noqa: BLE001 - reported in the result, never fatal to the pruning
             logger.warning("Speed not measured: %s", error)
             return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        finally:
+            timings["speed"] = timings.get("speed", 0.0) + time.perf_counter() - start
 
     def _heal(self, removed: list[int], evaluate_calibration: bool, timings: dict[str, float]) -> dict[str, Any]:
         """Training-free healing (``pruning_config.heal``) on the still-dense model, then the removal; the report
