@@ -150,3 +150,22 @@ def test_the_namespace_keeps_the_runners_names():
     namespace = parsed.namespace()
     assert isinstance(namespace, argparse.Namespace)
     assert namespace.recover_dataset == "embedded" and namespace.pruning_config is parsed.config
+
+
+def test_a_run_file_gives_the_same_config_json_as_the_same_flags(model_dir, tmp_path):
+    """Issue #16's acceptance: `prune run.yaml` and the same options as flags write the same config.json."""
+    by_flags, by_file = tmp_path / "flags", tmp_path / "file"
+    flags = run_cli("prune", model_dir, "--remove", "2", "--method", "sleb", "-o", str(by_flags), *FAST)
+    assert flags.returncode == 0, flags.stderr
+    options = dict(zip(FAST[:-1:2], FAST[1:-1:2], strict=True))
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(
+        f"model: {model_dir}\nnum_layers_to_remove: 2\nmethod: sleb\noutput: {by_file}\nno_progress: true\n"
+        + "".join(f"{name.removeprefix('--')}: {value}\n" for name, value in options.items())
+    )
+    from_file = run_cli("prune", str(run_file))
+    assert from_file.returncode == 0, from_file.stderr
+    for name in ("config.json", "shapley_pruning_config.json"):  # the model, and the pruning options that made it
+        written = [json.loads((folder / name).read_text()) for folder in (by_flags, by_file)]
+        assert written[0] == written[1], name
+    assert written[0]["method"] == "sleb" and written[0]["num_samples"] == 4
