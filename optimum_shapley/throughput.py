@@ -9,6 +9,7 @@ over ``prompt_tokens`` tokens that fills the cache; decoding then feeds one toke
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -87,6 +88,8 @@ def measure_speed(
     was_training = model.training
     model.eval()
 
+    cache_keyword = _cache_keyword(model)
+
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize(device)
@@ -97,10 +100,10 @@ def measure_speed(
         out = model(input_ids=prompt, use_cache=True)
         sync()
         prefill = time.perf_counter() - start
-        cache = out.past_key_values
+        cache = _returned_cache(out)
         start = time.perf_counter()
         for token in steps:
-            cache = model(input_ids=token, past_key_values=cache, use_cache=True).past_key_values
+            cache = _returned_cache(model(input_ids=token, use_cache=True, **{cache_keyword: cache}))
         sync()
         return prefill, time.perf_counter() - start, cache
 
@@ -182,3 +185,14 @@ def speed_summary(speed: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("peak CUDA memory", f"{_mb(dense['peak_memory_bytes'])} -> {_mb(pruned['peak_memory_bytes'])}"))
     rows.append(("speed measured on", setup))
     return rows
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """``cache`` on Transformers releases that renamed ``past_key_values`` (5.24 warns on the old name), else the old."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under its new name (``cache``) when the output has it."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
