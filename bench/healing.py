@@ -1,20 +1,22 @@
-"""What training-free healing wins back: WikiText-2 perplexity of a pruned model unhealed, scale-healed, linear-healed.
+"""What healing wins back: WikiText-2 perplexity of a pruned model unhealed, scale, linear, LoRA, linear + LoRA.
 
     python bench/healing.py                 # SmolLM2-135M (remove 6, 10 of 30) and Gemma-3-270M (remove 4, 6 of 18)
-    python bench/healing.py --quick         # SmolLM2-135M, remove 6, 32 windows
-    python bench/healing.py --removed smollm2-135m:6=13,14,15,16,17,18 --removed gemma3-270m:4=7,8,9,12
+    python bench/healing.py --quick         # SmolLM2-135M, remove 6, 32 windows, 10 LoRA steps
+    python bench/healing.py --cells gemma3-270m:4 --lora-sets all --lora-steps 200
 
-Removed sets: ``--removed ALIAS:K=L1,L2,...`` where given; else the ``shapley`` row of ``bench/results/quality.json``
-when that file is present; else the sets the quality bench chose in docs/benchmarks.md (``DEFAULT_REMOVED``). The
-layer choice is not re-run here: this bench measures healing alone, on fixed removed sets.
+Sets, per cell: ``angular`` (chosen here: one forward pass), ``sleb`` and the default ``shapley``; a set comes from
+``--removed ALIAS:K=L1,...`` (the default's), else the quality bench's ``quality.json`` in ``--output-dir``, else
+``DEFAULT_REMOVED`` (the quality bench's rows in docs/benchmarks.md), else it is chosen here through
+``ShapleyLayerPruner`` on c4_demo.json as the quality bench does. Sets two methods share are healed once.
 Healing: ``heal_removed_layers`` on the dense model, then ``drop_layers`` (what ``ShapleyLayerPruner.prune`` does
 with ``heal=``), calibration ``--num-samples`` x 128 tokens of calibration/c4_demo.json (seed 0, the bench protocol
 of bench/common.py). ``scale``: Prune&Comp magnitude scalar per removed run. ``linear``: ReplaceMe least-squares map
 per run (ridge ``--ridge`` toward the identity, relative to the mean eigenvalue; 0 = plain least squares); on
 Gemma-3 its post-feedforward norm allows only a diagonal map (``linear`` is then the diagonal variant, as the
-table says). Evaluation: WikiText-2 raw test, non-overlapping 128-token windows, first ``--eval-windows``.
-LoRA columns (pruner.recover after healing) are not measured yet: see bench/recovery.py for LoRA alone.
-Writes bench/results/healing.json and bench/results/healing.md.
+table says). LoRA: ``recover`` (r=8, merged) for ``--lora-steps`` on c4_demo.json, alone and after ``linear``, on
+the ``--lora-sets`` (default: the default's set). Evaluation: WikiText-2 raw test, non-overlapping 128-token
+windows, first ``--eval-windows``. The note states the issue's targets as measured.
+Writes bench/results/healing.json, healing.md and healing.partial.jsonl (one line per finished row).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,36 +38,51 @@ import torch  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from common import DEFAULT_DATA_DIR, load_bench_model, report_markdown  # noqa: E402
+from common import DEFAULT_DATA_DIR, data_paths, load_bench_model, report_markdown  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
-from optimum_shapley import drop_layers  # noqa: E402
+from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, drop_layers  # noqa: E402
 from optimum_shapley.evaluation import perplexity_of_windows  # noqa: E402
 from optimum_shapley.healing import HealingNotExactError, heal_removed_layers  # noqa: E402
+from optimum_shapley.pruner import pruning_arguments  # noqa: E402
+from optimum_shapley.recovery import recover  # noqa: E402
 
 DEFAULT_REMOVED = {
-    ("smollm2-135m", 6): [13, 14, 15, 16, 17, 18],
-    ("smollm2-135m", 10): [4, 5, 12, 13, 14, 15, 16, 17, 18, 26],
-    ("gemma3-270m", 4): [7, 8, 9, 14],
-    ("gemma3-270m", 6): [4, 7, 8, 9, 14, 15],
+    ("smollm2-135m", 6, "shapley"): [13, 14, 15, 16, 17, 18],
+    ("smollm2-135m", 6, "sleb"): [5, 13, 14, 16, 17, 18],
+    ("smollm2-135m", 10, "shapley"): [4, 5, 12, 13, 14, 15, 16, 17, 18, 26],
+    ("smollm2-135m", 10, "sleb"): [4, 5, 12, 13, 14, 15, 16, 17, 18, 26],
+    ("gemma3-270m", 4, "shapley"): [7, 8, 9, 14],
+    ("gemma3-270m", 4, "sleb"): [4, 7, 8, 9],
 }
-"""The ``shapley`` rows of the quality bench in docs/benchmarks.md (10 x 128 tokens of c4_demo.json; Gemma-3
-remove 6: the previous default's, not rerun with the current one)."""
+"""The ``shapley`` and ``sleb`` rows of the quality bench in docs/benchmarks.md (10 x 128 tokens of c4_demo.json).
+A set that is in neither this table nor ``quality.json`` is chosen here, through ``ShapleyLayerPruner`` as the
+quality bench runs it (``angular`` always is: one forward pass)."""
+SETS = ("angular", "sleb", "shapley")
+"""Whose removed sets are healed: the one-pass peer, the greedy peer, the default."""
 EVAL_WINDOWS = {"smollm2-135m": 128, "gemma3-270m": 64}
+CELLS = {"smollm2-135m": [6, 10], "gemma3-270m": [4, 6]}
 POST_NORM_FAMILIES = ("gemma2", "gemma3_text")
 """Families whose linear healing is the diagonal variant (a full map cannot fold through the post-norm)."""
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="SmolLM2 remove 6 only, 32 windows")
+    parser.add_argument("--quick", action="store_true", help="SmolLM2 remove 6, 32 windows, 10 LoRA steps")
     parser.add_argument("--models", default=None, help="comma-separated aliases (default: both; SmolLM2 if --quick)")
+    parser.add_argument("--cells", default=None, help="ALIAS:K,... (default: every cell of the chosen models)")
     parser.add_argument(
-        "--removed", action="append", default=[], metavar="ALIAS:K=L1,L2", help="a removed set (repeatable)"
+        "--removed", action="append", default=[], metavar="ALIAS:K=L1,L2", help="the default's set (repeatable)"
     )
+    parser.add_argument("--sets", default=",".join(SETS), help=f"whose sets to heal (default {','.join(SETS)})")
     parser.add_argument("--num-samples", type=int, default=10, help="calibration blocks of 128 tokens")
     parser.add_argument("--ridge", type=float, default=1.0, help="linear: ridge toward the identity (0: plain LS)")
+    parser.add_argument("--lora-steps", type=int, default=None, help="LoRA steps (default 50; quick 10; 0: no LoRA)")
+    parser.add_argument("--lora-batch-size", type=int, default=8, help="LoRA blocks of 128 tokens per step")
+    parser.add_argument(
+        "--lora-sets", default="shapley", help="whose sets get the LoRA columns (default: the default's; 'all')"
+    )
     parser.add_argument("--eval-windows", type=int, default=None, help="WikiText-2 windows (default 128/64; quick 32)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
@@ -74,46 +92,84 @@ def parse_args() -> argparse.Namespace:
     args.models = (
         args.models.split(",") if args.models else (["smollm2-135m"] if args.quick else ["smollm2-135m", "gemma3-270m"])
     )
+    args.sets = args.sets.split(",")
+    args.lora_sets = list(args.sets) if args.lora_sets == "all" else args.lora_sets.split(",")
+    if args.lora_steps is None:
+        args.lora_steps = 10 if args.quick else 50
     return args
 
 
-def removed_sets(args: argparse.Namespace) -> dict[tuple[str, int], list[int]]:
-    """(alias, k) -> removed layers: --removed, else quality.json's shapley rows, else DEFAULT_REMOVED."""
-    sets = dict(DEFAULT_REMOVED)
+def _parse_removed(item: str) -> tuple[tuple[str, int], list[int]]:
+    try:
+        cell, layers = item.split("=")
+        alias, k = cell.split(":")
+        removed = sorted(int(i) for i in layers.split(","))
+    except ValueError:
+        sys.exit(f"--removed {item!r}: expected ALIAS:K=L1,L2,... e.g. smollm2-135m:6=13,14,15,16,17,18")
+    if len(removed) != int(k):
+        sys.exit(f"--removed {item!r}: K={k} but {len(removed)} layers listed")
+    return (alias, int(k)), removed
+
+
+def bench_cells(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(alias, k) cells to run: --cells, else --removed's, else every cell of the chosen models (quick: one)."""
+    if args.cells:
+        return [(item.split(":")[0], int(item.split(":")[1])) for item in args.cells.split(",")]
+    if args.removed:
+        return [_parse_removed(item)[0] for item in args.removed]
+    if args.quick:
+        return [("smollm2-135m", 6)]
+    return [(alias, k) for alias in args.models for k in CELLS.get(alias, [])]
+
+
+def known_sets(args: argparse.Namespace) -> dict[tuple[str, int, str], tuple[list[int], str]]:
+    """(alias, k, method) -> (removed layers, where the set comes from): --removed (the default's), else the
+    quality bench's quality.json, else DEFAULT_REMOVED (docs/benchmarks.md)."""
+    sets = {key: (layers, "docs/benchmarks.md") for key, layers in DEFAULT_REMOVED.items()}
     quality = os.path.join(args.output_dir, "quality.json")
     if os.path.exists(quality):
         with open(quality, encoding="utf-8") as f:
             for row in json.load(f).get("rows", []):
-                if row.get("method") == "shapley":
-                    sets[(row["model"], int(row["removed"]))] = sorted(int(i) for i in row["removed_layers"])
-    given = {}
+                if row.get("method") in SETS:
+                    key = (row["model"], int(row["removed"]), row["method"])
+                    sets[key] = (sorted(int(i) for i in row["removed_layers"]), "quality.json")
     for item in args.removed:
-        try:
-            cell, layers = item.split("=")
-            alias, k = cell.split(":")
-            given[(alias, int(k))] = sorted(int(i) for i in layers.split(","))
-        except ValueError:
-            sys.exit(f"--removed {item!r}: expected ALIAS:K=L1,L2,... e.g. smollm2-135m:6=13,14,15,16,17,18")
-        if len(given[(alias, int(k))]) != int(k):
-            sys.exit(f"--removed {item!r}: K={k} but {len(given[(alias, int(k))])} layers listed")
-    if given:
-        return given
-    cells = [(alias, k) for (alias, k) in sets if alias in args.models]
-    if args.quick:
-        cells = [("smollm2-135m", 6)]
-    return {cell: sets[cell] for cell in cells}
+        (alias, k), removed = _parse_removed(item)
+        sets[(alias, k, "shapley")] = (removed, "--removed")
+    return sets
+
+
+def choose_set(bench, c4: str, method: str, k: int, num_samples: int) -> tuple[list[int], float]:
+    """The method's removed set as ``optimum-shapley prune --method M --dataset c4_demo.json`` chooses it (no cache)."""
+    with tempfile.TemporaryDirectory(prefix="healing-bench-") as scratch:
+        config = ShapleyPruningConfig(method=method, num_layers_to_remove=k, dataset_name=c4, num_samples=num_samples)
+        pruner = ShapleyLayerPruner(
+            model=copy.deepcopy(bench.model),
+            args=pruning_arguments(scratch, bench.batch_size, config.seed, disable_tqdm=True),
+            pruning_config=config,
+            processing_class=bench.tokenizer,
+        )
+        start = time.perf_counter()
+        result = pruner.prune()
+        seconds = time.perf_counter() - start
+    del pruner
+    gc.collect()
+    return sorted(result.removed_layers), seconds
+
+
+def _heal(bench, model, removed: list[int], method: str, ridge: float) -> tuple[dict, object]:
+    """Heal ``model`` in place before its layers go; (options used, report). Raises HealingNotExactError."""
+    family = model.config.get_text_config(decoder=True).model_type
+    options = {"ridge": ridge, "diagonal": family in POST_NORM_FAMILIES} if method == "linear" else {}
+    batches = DataLoader(bench.calibration, batch_size=bench.batch_size, collate_fn=default_data_collator)
+    return options, heal_removed_layers(model, removed, batches, method=method, **options)
 
 
 def healed_ppl(bench, removed: list[int], method: str, ridge: float) -> dict:
     """Heal a copy of the dense model, drop the layers, measure WikiText-2: the numbers and the seconds each took."""
     model = copy.deepcopy(bench.model)
-    family = model.config.get_text_config(decoder=True).model_type
-    options = {}
-    if method == "linear":
-        options = {"ridge": ridge, "diagonal": family in POST_NORM_FAMILIES}
-    batches = DataLoader(bench.calibration, batch_size=bench.batch_size, collate_fn=default_data_collator)
     try:
-        report = heal_removed_layers(model, removed, batches, method=method, **options)
+        options, report = _heal(bench, model, removed, method, ridge)
     except HealingNotExactError as error:
         return {"method": method, "refused": str(error)}
     drop_layers(model, removed)
@@ -132,29 +188,102 @@ def healed_ppl(bench, removed: list[int], method: str, ridge: float) -> dict:
     return row
 
 
-def table(cells: list[dict]) -> str:
+def lora_ppl(bench, c4: str, removed: list[int], heal: str | None, args: argparse.Namespace) -> dict:
+    """LoRA (``recover``, merged) on a pruned copy, healed first when ``heal`` is given: WikiText-2 and seconds."""
+    model = copy.deepcopy(bench.model)
+    name, heal_seconds, options = "lora", 0.0, {}
+    if heal:
+        try:
+            options, report = _heal(bench, model, removed, heal, args.ridge)
+        except HealingNotExactError as error:
+            return {"method": f"{heal} + lora", "refused": str(error)}
+        name, heal_seconds = f"{heal} + lora", report.seconds
+    drop_layers(model, removed)
+    recovery = recover(
+        model,
+        bench.tokenizer,
+        c4,
+        max_steps=args.lora_steps,
+        batch_size=args.lora_batch_size,
+        seq_length=128,
+        show_progress=False,
+    )
+    start = time.perf_counter()
+    ppl = perplexity_of_windows(recovery.model, bench.windows, bench.batch_size)
+    row = {
+        "method": name + (" (diagonal)" if options.get("diagonal") else ""),
+        "wikitext2_ppl": ppl,
+        "heal_seconds": heal_seconds,
+        "lora_seconds": recovery.seconds,
+        "lora_steps": recovery.steps,
+        "lora_tokens": recovery.tokens,
+        "train_loss_first": recovery.train_loss_first,
+        "train_loss_last": recovery.train_loss_last,
+        "eval_seconds": time.perf_counter() - start,
+    }
+    del model, recovery
+    gc.collect()
+    return row
+
+
+COLUMNS = ("scale", "linear", "lora", "linear + lora")
+
+
+def _cell_text(row: dict | None) -> str:
+    if not row:
+        return "-"
+    if "refused" in row:
+        return "refused"
+    return f"{row['wikitext2_ppl']:.2f}" + (" (diag.)" if "diagonal" in row["method"] else "")
+
+
+def _seconds(row: dict | None) -> str:
+    if not row or "refused" in row:
+        return "-"
+    return f"{row['heal_seconds'] + row.get('lora_seconds', 0.0):.0f}"
+
+
+def table(rows: list[dict]) -> str:
     lines = [
-        "| model | removed | removed layers | dense | unhealed | scale | linear | heal s (scale / linear) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| model | removed | set | removed layers | dense | unhealed | scale | linear | LoRA | linear + LoRA | "
+        "s: scale / linear / LoRA / linear + LoRA |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for cell in cells:
-        by = {row["method"].split(" ")[0]: row for row in cell["healed"]}
-
-        def ppl(name: str, by: dict = by) -> str:
-            row = by.get(name, {})
-            if "refused" in row:
-                return "refused"
-            suffix = " (diag.)" if "diagonal" in row.get("method", "") else ""
-            return f"{row['wikitext2_ppl']:.2f}{suffix}" if row else "-"
-
-        seconds = " / ".join(
-            f"{by[m]['heal_seconds']:.1f}" if "heal_seconds" in by.get(m, {}) else "-" for m in ("scale", "linear")
-        )
+    for row in rows:
+        by = {r["method"].replace(" (diagonal)", ""): r for r in row["healed"]}
+        cells = " | ".join(_cell_text(by.get(c)) for c in COLUMNS)
+        seconds = " / ".join(_seconds(by.get(c)) for c in COLUMNS)
         lines.append(
-            f"| {cell['model']} | {cell['removed']} | {', '.join(map(str, cell['removed_layers']))} | "
-            f"{cell['dense_ppl']:.2f} | {cell['unhealed_ppl']:.2f} | {ppl('scale')} | {ppl('linear')} | {seconds} |"
+            f"| {row['model']} | {row['removed']} | {row['set']} | {', '.join(map(str, row['removed_layers']))} | "
+            f"{row['dense_ppl']:.2f} | {row['unhealed_ppl']:.2f} | {cells} | {seconds} |"
         )
     return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """Issue #17's targets on the default's set at each model's deepest cut, as measured sentences."""
+    out = []
+    for alias in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == alias and r["set"] == "shapley"]
+        if not mine:
+            continue
+        deepest = max(mine, key=lambda r: r["removed"])
+        by = {r["method"].replace(" (diagonal)", ""): r for r in deepest["healed"] if "refused" not in r}
+        if "linear" in by:
+            drop = 1 - by["linear"]["wikitext2_ppl"] / deepest["unhealed_ppl"]
+            verdict = "met" if drop >= 0.25 else "missed"
+            out.append(
+                f"{alias} remove {deepest['removed']} (default's set): linear lowers WikiText-2 perplexity by "
+                f"{100 * drop:.1f}% ({deepest['unhealed_ppl']:.2f} -> {by['linear']['wikitext2_ppl']:.2f}; target "
+                f"25%: {verdict})"
+            )
+        if "lora" in by and "linear + lora" in by:
+            better = by["linear + lora"]["wikitext2_ppl"] < by["lora"]["wikitext2_ppl"]
+            out.append(
+                f"{alias} remove {deepest['removed']}: linear + LoRA {by['linear + lora']['wikitext2_ppl']:.2f} vs "
+                f"LoRA alone {by['lora']['wikitext2_ppl']:.2f} (target: beats it: {'met' if better else 'missed'})"
+            )
+    return out
 
 
 def main() -> None:
@@ -162,10 +291,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.output_dir, exist_ok=True)
-    sets = removed_sets(args)
+    _, c4 = data_paths(args.data_dir)
+    cells, known = bench_cells(args), known_sets(args)
+    partial = os.path.join(args.output_dir, "healing.partial.jsonl")
+    open(partial, "w").close()
     start = time.perf_counter()
-    cells, dense = [], {}
-    for alias in dict.fromkeys(alias for alias, _ in sets):
+    rows, dense = [], {}
+    for alias in dict.fromkeys(alias for alias, _ in cells):
         windows = args.eval_windows or (32 if args.quick else EVAL_WINDOWS.get(alias, 128))
         bench = load_bench_model(alias, args.data_dir, args.num_samples, windows, args.batch_size)
         t = time.perf_counter()
@@ -175,47 +307,73 @@ def main() -> None:
             f"({time.perf_counter() - t:.0f} s)",
             flush=True,
         )
-        for (cell_alias, k), removed in sets.items():
-            if cell_alias != alias:
-                continue
-            t = time.perf_counter()
-            cell = {
-                "model": alias,
-                "removed": k,
-                "removed_layers": removed,
-                "dense_ppl": dense[alias],
-                "unhealed_ppl": bench.wikitext_ppl(removed),
-                "unhealed_eval_seconds": time.perf_counter() - t,
-                "eval_windows": len(bench.windows),
-                "healed": [],
-            }
-            print(f"  remove {k} {removed}: unhealed {cell['unhealed_ppl']:.2f}", flush=True)
-            for method in ("scale", "linear"):
-                row = healed_ppl(bench, removed, method, args.ridge)
-                cell["healed"].append(row)
-                if "refused" in row:
-                    print(f"    {method}: refused: {row['refused']}", flush=True)
+        for k in [k for a, k in cells if a == alias]:
+            measured: dict[tuple[int, ...], list[dict]] = {}  # sets two methods share are healed once
+            for method in args.sets:
+                if method != "angular" and (alias, k, method) in known:
+                    removed, source = known[(alias, k, method)]
+                    selection_seconds = None
                 else:
-                    print(
-                        f"    {row['method']}: {row['wikitext2_ppl']:.2f} (heal {row['heal_seconds']:.1f} s, "
-                        f"eval {row['eval_seconds']:.1f} s)",
-                        flush=True,
-                    )
-            cells.append(cell)
+                    removed, selection_seconds = choose_set(bench, c4, method, k, args.num_samples)
+                    source = "chosen here"
+                row = {
+                    "model": alias,
+                    "removed": k,
+                    "set": method,
+                    "set_source": source,
+                    "selection_seconds": selection_seconds,
+                    "removed_layers": removed,
+                    "dense_ppl": dense[alias],
+                    "unhealed_ppl": bench.wikitext_ppl(removed),
+                    "eval_windows": len(bench.windows),
+                }
+                print(f"  remove {k} {method} {removed} ({source}): unhealed {row['unhealed_ppl']:.2f}", flush=True)
+                healed = measured.setdefault(tuple(removed), [])
+                wanted = ["scale", "linear"] + (["lora", "linear + lora"] if method in args.lora_sets else [])
+                if args.lora_steps == 0:
+                    wanted = wanted[:2]
+                for column in wanted:
+                    if any(r["method"].replace(" (diagonal)", "") == column for r in healed):
+                        continue
+                    if column in ("scale", "linear"):
+                        result = healed_ppl(bench, removed, column, args.ridge)
+                    else:
+                        result = lora_ppl(bench, c4, removed, "linear" if column != "lora" else None, args)
+                    healed.append(result)
+                    if "refused" in result:
+                        print(f"    {column}: refused: {result['refused']}", flush=True)
+                    else:
+                        lora = f", LoRA {result['lora_seconds']:.0f} s" if "lora_seconds" in result else ""
+                        print(
+                            f"    {result['method']}: {result['wikitext2_ppl']:.2f} "
+                            f"(heal {result['heal_seconds']:.1f} s{lora})",
+                            flush=True,
+                        )
+                row["healed"] = [r for r in healed if r["method"].replace(" (diagonal)", "") in wanted]
+                rows.append(row)
+                with open(partial, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
         del bench
         gc.collect()
     total = time.perf_counter() - start
 
-    text = table(cells)
+    text = table(rows)
+    verdicts = targets(rows)
     note = (
-        f"WikiText-2 raw test perplexity (first {cells[0]['eval_windows'] if cells else '?'} non-overlapping 128-token "
-        f"windows per model) of the pruned model without healing and with each training-free healing, fitted on "
-        f"{args.num_samples} x 128 tokens of c4_demo.json (seed 0) and folded into the kept weights (the checkpoint "
-        f"keeps its stock architecture). scale: Prune&Comp magnitude scalar per removed run; linear: ReplaceMe "
-        f"least-squares map per run, ridge {args.ridge:g} toward the identity (relative to the mean eigenvalue), the "
-        f"diagonal variant on Gemma-3 (its post-feedforward norm admits no exact full-matrix fold). 'heal s' is the "
-        f"statistics pass plus the fit. LoRA columns: not measured yet. {'--quick; ' if args.quick else ''}"
-        f"Whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
+        f"WikiText-2 raw test perplexity (first {rows[0]['eval_windows'] if rows else '?'} non-overlapping 128-token "
+        f"windows per model) of the pruned model without healing, with each training-free healing, with LoRA alone "
+        f"and with linear healing followed by LoRA. Healing is fitted on {args.num_samples} x 128 tokens of "
+        f"c4_demo.json (seed 0) and folded into the kept weights (the checkpoint keeps its stock architecture): "
+        f"scale, the Prune&Comp magnitude scalar per removed run; linear, the ReplaceMe least-squares map per run, "
+        f"ridge {args.ridge:g} toward the identity (relative to the mean eigenvalue), the diagonal variant on "
+        f"Gemma-3 (its post-feedforward norm admits no exact full-matrix fold). LoRA: recover() (r=8, alpha 16, "
+        f"merged), {args.lora_steps} steps x {args.lora_batch_size} x 128 tokens of c4_demo.json, lr 1e-4 (a reduced "
+        f"budget: the recovery bench runs 200 steps), on the sets of {', '.join(args.lora_sets)} only. 's' is the "
+        f"healing statistics pass plus the fit, plus the LoRA training. Sets: {', '.join(args.sets)}; "
+        f"angular is chosen here (one forward pass), the others come from quality.json or docs/benchmarks.md "
+        f"where the quality bench measured them, else are chosen here the way the quality bench does. "
+        f"{'--quick; ' if args.quick else ''}Whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
+        + ("\n\n" + "\n".join(f"- {v}" for v in verdicts) if verdicts else "")
     )
     report_markdown(args.output_dir, "healing", text, note)
     with open(os.path.join(args.output_dir, "healing.json"), "w", encoding="utf-8") as f:
@@ -223,13 +381,16 @@ def main() -> None:
             "quick": args.quick,
             "num_samples": args.num_samples,
             "ridge": args.ridge,
+            "lora_steps": args.lora_steps,
+            "lora_batch_size": args.lora_batch_size,
+            "lora_sets": args.lora_sets,
             "seconds": total,
             "torch": torch.__version__,
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "machine": platform.machine(),
         }
-        json.dump({"meta": meta, "dense": dense, "cells": cells}, f, indent=2)
+        json.dump({"meta": meta, "dense": dense, "rows": rows, "targets": verdicts}, f, indent=2)
     print(f"wrote {args.output_dir}/healing.{{json,md}}")
 
 
