@@ -127,7 +127,7 @@ def _how_chosen(result: PruningResult, surrogate_repo_id: str | None) -> str:
         f"{result.calibration.get('num_samples')} x {result.calibration.get('seq_length')} tokens of "
         f"`{_source_name(result.calibration.get('source'))}`"
     )
-    if not result.strata:  # a peer criterion: no surrogate game
+    if not result.played_game:  # a peer criterion
         from .criteria import get_criterion
 
         description = get_criterion(result.method).description
@@ -304,7 +304,7 @@ def build_model_card(
             f"| {i} | {v:+.4f} | {s:.4f} | {'removed' if i in removed else 'kept'} |"
             for i, (v, s) in enumerate(zip(result.values, stderr))
         )
-        title = "Layer contributions" if result.strata else "Layer scores"
+        title = "Layer contributions" if result.played_game else "Layer scores"
         scores = (
             f"## {title}\n\n| layer | {title.split()[1][:-1]} | std. error | status |\n|---:|---:|---:|---|\n{rows}\n"
         )

@@ -20,7 +20,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .architectures import get_decoder_config
 from .config import ShapleyPruningConfig
-from .criteria import select_layers
+from .criteria import GameRecord, select_layers
 from .data import CalibrationDataset, build_calibration_dataset
 from .evaluation import MaskEvaluation, MaskEvaluationCache, MaskEvaluator, model_fingerprint, run_fingerprint
 from .evaluation.losses import measure_name
@@ -122,7 +122,7 @@ class ShapleyLayerPruner(Trainer):
         detach_gguf_quantizer(model)
         self.num_layers = num_decoder_layers(model)
         self.num_to_remove = pruning_config.layers_to_remove(self.num_layers)
-        self.strata = pruning_config.resolved_strata(self.num_layers)
+        pruning_config.resolved_strata(self.num_layers)  # a stratum this model cannot have fails before any work
         if pruning_config.heal != "none":  # refuse a family no removed set could heal before any work
             from .healing import check_healing_supported
 
@@ -309,11 +309,12 @@ class ShapleyLayerPruner(Trainer):
             metadata={"base_model": self._base_model_name(), "model_fingerprint": model_fp},
         )
         timings["selection"] = choice.seconds
-        details = dict(choice.details)
-        game = details.pop("game", {})
-        if details.get("surrogate") is not None:
-            self.surrogate = details.pop("surrogate")
-        fit = details.pop("surrogate_fit", None)
+        details = choice.details  # the evidence's JSON record
+        record = choice.evidence if isinstance(choice.evidence, GameRecord) else None
+        if record is not None and record.surrogate is not None:
+            self.surrogate = record.surrogate
+        game = record.game.to_dict() if record is not None else {}
+        fit = record.surrogate_fit if record is not None else None
         removed = choice.removed_layers
         kept = [i for i in range(self.num_layers) if i not in removed]
 
@@ -362,12 +363,12 @@ class ShapleyLayerPruner(Trainer):
             kept_layers=kept,
             values=choice.scores,
             stderr=choice.stderr,
-            estimator=details.pop("estimator", ""),
-            utility=details.pop("utility", ""),
-            strata=details.pop("strata", []),
-            masks=details.pop("masks", []),
-            mean_nll=details.pop("mean_nll", []),
-            utilities=details.pop("utilities", []),
+            estimator=record.estimator if record is not None else "",
+            utility=record.utility if record is not None else "",
+            strata=list(record.strata) if record is not None else [],
+            masks=list(record.masks) if record is not None else [],
+            mean_nll=list(record.mean_nll) if record is not None else [],
+            utilities=list(record.utilities) if record is not None else [],
             surrogate_fit=fit.to_dict() if fit is not None else {},
             calibration_ppl_before=ppl_before,
             calibration_ppl_after=ppl_after,

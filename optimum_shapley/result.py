@@ -62,6 +62,12 @@ class PruningResult:
     speed: dict[str, Any] = field(default_factory=dict)  # throughput.speed_comparison (or {"error": ...})
     healing: dict[str, Any] = field(default_factory=dict)  # healing.HealingReport.to_dict() when heal != "none"
 
+    @property
+    def played_game(self) -> bool:
+        """A surrogate game chose the set: its evidence is recorded (results written before that was kept still
+        name the strata of its design)."""
+        return bool(self.game) or bool(self.strata)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -11,7 +13,16 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
 from optimum_shapley import ShapleyPruningConfig
-from optimum_shapley.criteria import METHODS, select_layers
+from optimum_shapley.criteria import (
+    METHODS,
+    BlockEvidence,
+    CriterionEvidence,
+    EvolutionEvidence,
+    GameEvidence,
+    GameRecord,
+    GreedyEvidence,
+    select_layers,
+)
 from optimum_shapley.criteria.similarity import angular_distances
 from optimum_shapley.data import CalibrationDataset
 from optimum_shapley.evaluation import MaskEvaluator
@@ -57,6 +68,30 @@ def test_every_criterion_is_valid_and_deterministic(model_type, method):
     # the model is left as it was
     assert model.config.num_hidden_layers == DEPTH and len(model.model.layers) == DEPTH
     assert all(p.grad is None for p in model.parameters())
+    # what it found comes typed, one kind per family of methods, and its record is JSON
+    kind = EVIDENCE_KIND.get(method)
+    assert (first.evidence is None) if kind is None else isinstance(first.evidence, kind)
+    json.dumps(first.details)
+
+
+EVIDENCE_KIND = {"shapley": GameRecord, "shapley-paper": GameRecord, "evopress": EvolutionEvidence}
+EVIDENCE_KIND.update({"sleb": GreedyEvidence, "angular": BlockEvidence})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_unknown_option_is_an_error_for_every_criterion(method):
+    evaluator = _evaluator(tiny_model("llama"), _random_ids(), "kl" if method in ("shapley", "evopress") else "nll")
+    with pytest.raises(ValueError, match=rf"{method}: unknown option 'buget' \(its options: "):
+        select_layers(method, evaluator, 2, buget=10, **_options(method, 2, 0))
+    assert evaluator.requests == []  # refused before any evaluation
+
+
+def test_a_users_evidence_record_is_its_fields():
+    @dataclasses.dataclass
+    class Mine(CriterionEvidence):
+        order: list
+
+    assert Mine(order=[2, 1]).record() == {"order": [2, 1]} and Mine(order=[]).extra_tokens == 0
 
 
 EXPECTED_COST = {"block-influence": 1, "angular": 1, "taylor": 1, "ppl": DEPTH, "sleb": DEPTH + (DEPTH - 1)}
@@ -78,25 +113,25 @@ def test_shapley_cost_is_its_masks_plus_the_peers_pass():
     result = select_layers(
         "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
     )
-    game = result.details["game"]
+    record = result.evidence
+    assert isinstance(record, GameRecord) and isinstance(record.game, GameEvidence)
     # every distinct mask it evaluated, plus the one pass that measures angular distance and block influence
-    assert result.num_model_evaluations == len(result.details["masks"]) + 1 == sum(game["spent"].values()) + 1
-    assert result.num_model_evaluations <= game["budget"] + 1 == 2 * (8 + 7) + 1
+    assert result.num_model_evaluations == len(record.masks) + 1 == sum(record.game.spent.values()) + 1
+    assert result.num_model_evaluations <= record.game.budget + 1 == 2 * (8 + 7) + 1
     single_removals = {"1" * i + "0" + "1" * (7 - i) for i in range(8)}
-    assert single_removals <= set(result.details["masks"])  # the peers' step evaluates every single removal
+    assert single_removals <= set(record.masks)  # the peers' step evaluates every single removal
 
 
 def test_the_peers_sets_are_verified_first():
     result = select_layers(
         "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
     )
-    game = result.details["game"]
-    assert set(game["peers"]) == {"angular", "block-influence", "leave-one-out"}
-    masks = result.details["masks"]
-    for peer in game["peers"].values():
-        key = "".join("0" if i in peer["removed"] else "1" for i in range(8))
-        assert key in masks  # each peer's choice is among the verified sets, so the result is never worse
-        assert min(s["loss"] for s in game["top_sets"]) <= peer["loss"]
+    game = result.evidence.game
+    assert set(game.peers) == {"angular", "block-influence", "leave-one-out"}
+    for peer in game.peers.values():
+        key = "".join("0" if i in peer.removed else "1" for i in range(8))
+        assert key in result.evidence.masks  # each peer's choice is among the verified sets: never worse
+        assert min(s.loss for s in game.top_sets) <= peer.loss
 
 
 def test_search_removes_the_best_verified_kept_set():
@@ -104,8 +139,9 @@ def test_search_removes_the_best_verified_kept_set():
     result = select_layers(
         "shapley", _evaluator(tiny_model("llama", num_layers=8), _random_ids()), 2, **_search_options()
     )
-    assert result.details["game"]["chosen_on"] == "calibration"
-    at_target = [(u, m) for m, u in zip(result.details["masks"], result.details["utilities"]) if m.count("1") == 6]
+    record = result.evidence
+    assert record.game.chosen_on == "calibration"
+    at_target = [(u, m) for m, u in zip(record.masks, record.utilities) if m.count("1") == 6]
     best_mask = max(at_target)[1]
     assert result.removed_layers == [i for i, c in enumerate(best_mask) if c == "0"]
 
@@ -113,8 +149,8 @@ def test_search_removes_the_best_verified_kept_set():
 def test_without_search_the_lowest_values_go():
     options = {"config": ShapleyPruningConfig(num_layers_to_remove=2, search_rounds=0, **SHAPLEY_OPTIONS)}
     result = select_layers("shapley", _evaluator(tiny_model("llama"), _random_ids()), 2, **options)
-    assert result.details["game"]["chosen_by"] == "lowest values"
-    assert result.details["game"]["chosen_on"] == "surrogate"
+    assert result.evidence.game.chosen_by == "lowest values"
+    assert result.evidence.game.chosen_on == "surrogate"
     order = sorted(range(DEPTH), key=lambda i: (result.scores[i], i))
     assert result.removed_layers == sorted(order[:2])
 
@@ -123,8 +159,8 @@ def test_paper_configuration():
     result = select_layers(
         "shapley-paper", _evaluator(tiny_model("llama"), _random_ids()), 2, **_options("shapley-paper", 2, 0)
     )
-    assert result.details["utility"] == "ppl_ratio" and result.details["estimator"] == "paper"
-    assert result.details["strata"] == [1, 4]  # 6 - (2, 5, 8, 11, 14) clipped to [1, 5]
+    assert result.evidence.utility == "ppl_ratio" and result.evidence.estimator == "paper"
+    assert result.evidence.strata == [1, 4]  # 6 - (2, 5, 8, 11, 14) clipped to [1, 5]
 
 
 def test_trivial_criteria():

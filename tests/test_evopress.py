@@ -109,7 +109,7 @@ def test_selects_distinct_layers_and_is_deterministic():
     json.dumps(first.details)  # JSON-serialisable
 
 
-def test_config_supplies_the_seed_and_unknown_options_are_ignored():
+def test_config_supplies_the_seed_and_the_run_context_is_accepted():
     loss = _rugged(8)
     config = ShapleyPruningConfig(num_layers_to_remove=3, seed=7)
     with_config = select_layers(

@@ -11,6 +11,10 @@
 | ``taylor`` | Shortened-LLaMA first-order Taylor | 1 forward + backward |
 | ``reverse-order`` | last layers before the final one | none |
 | ``random`` | seeded random | none |
+
+Each criterion returns its evidence typed (``GameRecord``, ``EvolutionEvidence``, ``GreedyEvidence``,
+``BlockEvidence``; none for the score-only ones) and declares its options as a dataclass (``EvoPressOptions``;
+``NoOptions`` for the rest): an unknown option is an error.
 """
 
 from typing import Any
@@ -18,13 +22,25 @@ from typing import Any
 from ..evaluation import MaskEvaluator
 from ..registry import BUILTIN_METHODS, CRITERIA, register_criterion
 from . import evopress, perplexity, shapley, similarity, simple  # noqa: F401  (importing registers the criteria)
-from .base import CriterionResult, LayerCriterion, get_criterion
+from .base import CriterionEvidence, CriterionResult, LayerCriterion, NoOptions, get_criterion
+from .evopress import EvolutionEvidence, EvoPressOptions
+from .perplexity import GreedyEvidence
+from .shapley import GameEvidence, GameRecord
+from .similarity import BlockEvidence
 
 __all__ = [
     "CRITERIA",
     "METHODS",
+    "BlockEvidence",
+    "CriterionEvidence",
     "CriterionResult",
+    "EvoPressOptions",
+    "EvolutionEvidence",
+    "GameEvidence",
+    "GameRecord",
+    "GreedyEvidence",
     "LayerCriterion",
+    "NoOptions",
     "get_criterion",
     "register_criterion",
     "select_layers",

@@ -50,19 +50,28 @@ What differs, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import operator
 import random
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
 from ..encoding import key_to_mask, mask_to_key
 from ..evaluation import MaskEvaluator
-from .base import CriterionResult, LayerCriterion, register_criterion
+from .base import CriterionEvidence, CriterionResult, LayerCriterion, register_criterion
 
-__all__ = ["EvoPress", "default_budget", "default_initial", "default_offspring"]
+__all__ = [
+    "EvoPress",
+    "EvoPressOptions",
+    "EvolutionEvidence",
+    "default_budget",
+    "default_initial",
+    "default_offspring",
+]
 
 EVOPRESS_OFFSPRING = 32  # --offspring 32
 EVOPRESS_GENERATIONS_PER_OFFSPRING = 1.5 * EVOPRESS_OFFSPRING  # generations = k (n - k) / 1.5 for 32 offspring
@@ -100,6 +109,66 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if number is None or number < minimum:
         raise ValueError(f"evopress: {name} must be an integer >= {minimum}, got {value!r}")
     return int(number)
+
+
+@dataclass(frozen=True)
+class EvoPressOptions:
+    """EvoPress's own options; ``None`` means the default computed from the model and the budget."""
+
+    budget: int | None = None  # distinct evaluations; default :func:`default_budget` (or the config's max_evaluations)
+    offspring: int | None = None  # per generation; default :func:`default_offspring`
+    initial: int | None = None  # random sets drawn first; default :func:`default_initial`
+    population: int = 1
+    max_mutations: int = EVOPRESS_MAX_MUTATIONS
+    generations: int | None = None  # no cap by default: the budget ends the search
+    verify_top: int = EVOPRESS_VERIFY_TOP  # best masks re-scored on the verifier
+    screen_batches: int = 0  # 0: no cheap screening step
+    screen_survivors: int = EVOPRESS_SCREEN_SURVIVORS
+
+    def __post_init__(self) -> None:
+        for name in ("budget", "offspring", "initial", "generations"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name), minimum=0 if name == "generations" else 1)
+        for name in ("population", "max_mutations", "verify_top", "screen_survivors"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("screen_batches", self.screen_batches, minimum=0)
+
+
+@dataclass
+class EvolutionEvidence(CriterionEvidence):
+    """EvoPress: the search's trajectory, its verified finalists, its settings and what it spent."""
+
+    kind: ClassVar[str] = "evolution"
+    generations: int
+    initial_loss: float | None
+    best_loss_per_generation: list[float | None]
+    best_mask_per_generation: list[str]
+    verified: list[dict[str, Any]]
+    selected_by: str  # "verifier" or "evaluator"
+    mask: str
+    loss: float | None
+    budget: int
+    evaluations: int
+    reference_passes: int
+    cost_in_evaluations: float
+    stopped: str
+    offspring: int
+    initial: int
+    population: int
+    max_mutations: int
+    objective: str
+    tokens_per_mask: int
+    seed: int
+    screening: dict[str, int] = field(default_factory=dict)  # screen_batches, screen_survivors, evaluations, tokens
+
+    @property
+    def extra_tokens(self) -> int:
+        return int(self.screening.get("screening_tokens", 0))
+
+    def record(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record.update(record.pop("screening"))  # the flat keys results and benches read
+        return record
 
 
 class _Search:
@@ -208,39 +277,35 @@ def _mutate(rng: random.Random, parent: str, max_mutations: int) -> str:
 class EvoPress(LayerCriterion):
     """EvoPress: (1 + lambda) evolutionary search over removed-layer sets of the target size, KL fitness.
 
-    Options: ``budget`` (distinct evaluations, default :func:`default_budget`), ``offspring``
-    (:func:`default_offspring`), ``initial`` (:func:`default_initial`), ``population`` (1), ``max_mutations`` (3),
-    ``generations`` (no cap), ``verify_top`` (2), ``screen_batches`` (0: off) and ``screen_survivors`` (2);
-    ``config`` supplies its ``seed`` and, without a ``budget`` option, its ``max_evaluations`` as the budget; other
-    options are ignored.
+    Options: :class:`EvoPressOptions` (an unknown one is an error). ``config`` supplies its ``seed`` and, without a
+    ``budget`` option, its ``max_evaluations`` as the budget.
     """
 
     name = "evopress"
     description = "EvoPress evolutionary search over layer-drop masks (KL fitness)"
+    options_class = EvoPressOptions
 
-    def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult:
+    def _select(
+        self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, options: EvoPressOptions, **context: Any
+    ) -> CriterionResult:
         num_layers = evaluator.num_layers
-        config = options.get("config")
+        config = context.get("config")
         if config is not None and getattr(config, "seed", None) is not None:
             seed = config.seed
-        budget = options.get("budget")
+        budget = options.budget
         if budget is None and config is not None and getattr(config, "max_evaluations", None) is not None:
-            budget = config.max_evaluations  # the run's evaluation budget, as for the default method
-        budget = default_budget(num_layers, num_remove) if budget is None else _positive_int("budget", budget)
-        offspring = options.get("offspring")
+            budget = _positive_int("budget", config.max_evaluations)  # the run's budget, as for the default method
+        budget = default_budget(num_layers, num_remove) if budget is None else budget
+        offspring = options.offspring
         if offspring is None:
             offspring = default_offspring(budget, num_layers, num_remove)
-        offspring = _positive_int("offspring", offspring)
-        initial = options.get("initial")
-        initial = default_initial(budget, offspring) if initial is None else _positive_int("initial", initial)
-        population_size = _positive_int("population", options.get("population", 1))
-        max_mutations = _positive_int("max_mutations", options.get("max_mutations", EVOPRESS_MAX_MUTATIONS))
-        generations = options.get("generations")
-        if generations is not None:
-            generations = _positive_int("generations", generations, minimum=0)
-        verify_top = _positive_int("verify_top", options.get("verify_top", EVOPRESS_VERIFY_TOP))
-        screen_batches = _positive_int("screen_batches", options.get("screen_batches", 0), minimum=0)
-        screen_survivors = _positive_int("screen_survivors", options.get("screen_survivors", EVOPRESS_SCREEN_SURVIVORS))
+        initial = default_initial(budget, offspring) if options.initial is None else options.initial
+        population_size, max_mutations, generations = options.population, options.max_mutations, options.generations
+        verify_top, screen_batches, screen_survivors = (
+            options.verify_top,
+            options.screen_batches,
+            options.screen_survivors,
+        )
         total_sets = math.comb(num_layers, num_remove)
         initial = min(initial, total_sets)
 
@@ -299,7 +364,6 @@ class EvoPress(LayerCriterion):
         verifier = getattr(evaluator, "verifier", None)
         verified: list[dict[str, Any]] = []
         chosen = population[0]
-        details: dict[str, Any] = {}
         if verifier is not None:  # its passes are counted by ``select`` (num_verification_evaluations)
             checks = verifier.evaluate_all([key_to_mask(key) for key in finalists], desc="EvoPress verification")
             verifier_losses = [verifier.loss(evaluation) for evaluation in checks]
@@ -310,41 +374,39 @@ class EvoPress(LayerCriterion):
                 for key, value in zip(finalists, verifier_losses)
             ]
         removed = [i for i, kept in enumerate(key_to_mask(chosen)) if not kept]
-        details.update(
-            {
-                "generations": len(best_per_generation),
-                "initial_loss": initial_loss,
-                "best_loss_per_generation": best_per_generation,
-                "best_mask_per_generation": best_masks,
-                "verified": verified,
-                "selected_by": "verifier" if verifier is not None else "evaluator",
-                "mask": chosen,
-                "loss": _finite(search.loss[chosen]),
-                "budget": budget,
-                "evaluations": search.evaluations,
-                "reference_passes": search.reference_passes,
-                "cost_in_evaluations": search.spent_tokens / search.full_tokens,
-                "stopped": stopped,
-                "offspring": offspring,
-                "initial": count,
-                "population": population_size,
-                "max_mutations": max_mutations,
-                "objective": evaluator.objective,
-                "tokens_per_mask": evaluator.tokens_per_mask,
-                "seed": seed,
-            }
-        )
+        screening: dict[str, int] = {}
         if screen is not None:
             passes = len(set(screen.requests[search.screen_requests_before :])) + screen.reference_passes
-            details.update(
-                {
-                    "screen_batches": screen_batches,
-                    "screen_survivors": screen_survivors,
-                    "screening_evaluations": passes,
-                    "screening_tokens": passes * screen.tokens_per_mask,
-                }
-            )
-        return CriterionResult(self.name, removed, details=details)
+            screening = {
+                "screen_batches": screen_batches,
+                "screen_survivors": screen_survivors,
+                "screening_evaluations": passes,
+                "screening_tokens": passes * screen.tokens_per_mask,
+            }
+        evidence = EvolutionEvidence(
+            generations=len(best_per_generation),
+            initial_loss=initial_loss,
+            best_loss_per_generation=best_per_generation,
+            best_mask_per_generation=best_masks,
+            verified=verified,
+            selected_by="verifier" if verifier is not None else "evaluator",
+            mask=chosen,
+            loss=_finite(search.loss[chosen]),
+            budget=budget,
+            evaluations=search.evaluations,
+            reference_passes=search.reference_passes,
+            cost_in_evaluations=search.spent_tokens / search.full_tokens,
+            stopped=stopped,
+            offspring=offspring,
+            initial=count,
+            population=population_size,
+            max_mutations=max_mutations,
+            objective=evaluator.objective,
+            tokens_per_mask=evaluator.tokens_per_mask,
+            seed=seed,
+            screening=screening,
+        )
+        return CriterionResult(self.name, removed, evidence=evidence)
 
     @staticmethod
     def _offspring(

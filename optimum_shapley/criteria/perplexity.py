@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
 from ..evaluation import MaskEvaluator
-from .base import CriterionResult, LayerCriterion, lowest, register_criterion
+from .base import CriterionEvidence, CriterionResult, LayerCriterion, lowest, register_criterion
 
-__all__ = ["LeaveOneOutPerplexity", "Sleb"]
+__all__ = ["GreedyEvidence", "LeaveOneOutPerplexity", "Sleb"]
+
+
+@dataclass
+class GreedyEvidence(CriterionEvidence):
+    """SLEB: the order in which layers went and the calibration perplexity after each step."""
+
+    kind: ClassVar[str] = "greedy"
+    order: list[int]
+    trajectory: list[dict[str, Any]]
 
 
 def _nll(evaluation) -> float:
@@ -25,7 +35,9 @@ class Sleb(LayerCriterion):
     name = "sleb"
     description = "SLEB, iterative calibration perplexity"
 
-    def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult:
+    def _select(
+        self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, options: Any, **context: Any
+    ) -> CriterionResult:
         kept = list(range(evaluator.num_layers))
         removed, trajectory = [], []
         for _ in tqdm(range(num_remove), desc="SLEB", unit="layer", disable=not evaluator.show_progress):
@@ -35,7 +47,7 @@ class Sleb(LayerCriterion):
             kept.remove(best)
             removed.append(best)
             trajectory.append({"removed": best, "calibration_ppl": math.exp(min(candidates[best], 700.0))})
-        return CriterionResult(self.name, removed, details={"order": removed, "trajectory": trajectory})
+        return CriterionResult(self.name, removed, evidence=GreedyEvidence(order=removed, trajectory=trajectory))
 
 
 @register_criterion
@@ -45,7 +57,9 @@ class LeaveOneOutPerplexity(LayerCriterion):
     name = "ppl"
     description = "Shortened-LLaMA leave-one-out perplexity"
 
-    def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult:
+    def _select(
+        self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, options: Any, **context: Any
+    ) -> CriterionResult:
         layers = range(evaluator.num_layers)
         masks = [[k for k in layers if k != layer] for layer in layers]
         # score = calibration loss without the layer: the higher, the more the layer matters

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,14 +39,15 @@ from ..evaluation import MaskEvaluator, utilities_from_nll
 from ..sampling import sample_masks
 from ..search import propose_kept_sets, surrogate_predictor
 from ..shapley import ShapleyEstimate, estimate_contributions, region_values, sample_region_masks
-from ..surrogate import ShapleySurrogate, spearman, train_surrogate
-from .base import CriterionResult, LayerCriterion, lowest, register_criterion
+from ..surrogate import ShapleySurrogate, SurrogateFit, spearman, train_surrogate
+from .base import CriterionEvidence, CriterionResult, LayerCriterion, lowest, register_criterion
 from .hidden_states import collect_block_statistics
 from .similarity import angular_distances
 
 __all__ = [
     "PAPER_REMOVED_OFFSETS",
     "GameEvidence",
+    "GameRecord",
     "ShapleyCriterion",
     "ShapleyPaperCriterion",
     "VerifiedSet",
@@ -118,6 +119,28 @@ class GameEvidence:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class GameRecord(CriterionEvidence):
+    """Everything a surrogate game produced: its design and evaluated masks, the values' estimate, the surrogate
+    and its fit, and how the set was chosen (:class:`GameEvidence`). The pruner reads it by attribute; only
+    ``values_estimate`` stays in ``PruningResult.details``, the rest has fields of its own there."""
+
+    kind: ClassVar[str] = "game"
+    strata: list[int]
+    utility: str
+    estimator: str
+    game: GameEvidence
+    values_estimate: dict[str, Any]
+    surrogate: ShapleySurrogate | None = None
+    surrogate_fit: SurrogateFit | None = None  # the final fit (None when nothing was trained)
+    masks: list[str] = field(default_factory=list)
+    mean_nll: list[float] = field(default_factory=list)
+    utilities: list[float] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {"values_estimate": self.values_estimate}
 
 
 def _removed(mask: np.ndarray) -> list[int]:
@@ -320,10 +343,10 @@ class ShapleyCriterion(LayerCriterion):
         num_remove: int,
         *,
         seed: int,
+        options: Any,
         config: ShapleyPruningConfig | None = None,
         surrogate: ShapleySurrogate | None = None,
         metadata: dict[str, Any] | None = None,
-        **options: Any,
     ) -> CriterionResult:
         num_layers = evaluator.num_layers
         if config is None:
@@ -687,29 +710,27 @@ class ShapleyCriterion(LayerCriterion):
 
     # ------------------------------------------------------------------------------------------------ result
     def _result(self, game: _Game, removed, estimate: ShapleyEstimate, evidence: GameEvidence) -> CriterionResult:
-        details: dict[str, Any] = {
-            "strata": game.strata,
-            "utility": game.config.utility,
-            "estimator": estimate.estimator,
-            "game": evidence.to_dict(),
-            "values_estimate": {k: v for k, v in estimate.to_dict().items() if k not in ("values", "stderr")},
-            "surrogate": game.surrogate,
-            "surrogate_fit": game.fit,
-        }
+        record = GameRecord(
+            strata=game.strata,
+            utility=game.config.utility,
+            estimator=estimate.estimator,
+            game=evidence,
+            values_estimate={k: v for k, v in estimate.to_dict().items() if k not in ("values", "stderr")},
+            surrogate=game.surrogate,
+            surrogate_fit=game.fit,
+        )
         if game.evaluations:
             keys, utilities = game.utilities()
-            details.update(
-                masks=keys,
-                mean_nll=[game.evaluations[k].mean_nll for k in keys],
-                utilities=utilities.tolist(),
-            )
+            record.masks = keys
+            record.mean_nll = [game.evaluations[k].mean_nll for k in keys]
+            record.utilities = utilities.tolist()
         return CriterionResult(
             self.name,
             removed,
             scores=np.asarray(estimate.values, dtype=np.float64).tolist(),
             stderr=np.asarray(estimate.stderr, dtype=np.float64).tolist(),
             num_model_evaluations=game.extra_passes,
-            details=details,
+            evidence=record,
         )
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from ..evaluation import MaskEvaluator
-from .base import CriterionResult, LayerCriterion, lowest, register_criterion
+from .base import CriterionEvidence, CriterionResult, LayerCriterion, lowest, register_criterion
 from .hidden_states import collect_block_statistics
 
-__all__ = ["AngularDistance", "BlockInfluence", "angular_distances"]
+__all__ = ["AngularDistance", "BlockEvidence", "BlockInfluence", "angular_distances"]
 
 
 @register_criterion
@@ -21,10 +22,21 @@ class BlockInfluence(LayerCriterion):
     name = "block-influence"
     description = "ShortGPT block influence (one forward pass)"
 
-    def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult:
+    def _select(
+        self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, options: Any, **context: Any
+    ) -> CriterionResult:
         stats = collect_block_statistics(evaluator)
         scores = [1.0 - c for c in stats.mean_cosine]
         return CriterionResult(self.name, lowest(scores, num_remove), scores=scores, num_model_evaluations=1)
+
+
+@dataclass
+class BlockEvidence(CriterionEvidence):
+    """Angular distance: the block it removed and the distance of every block of that length."""
+
+    kind: ClassVar[str] = "block"
+    block_start: int
+    distances: list[float]
 
 
 def angular_distances(last_token_states: torch.Tensor, block_size: int) -> list[float]:
@@ -46,7 +58,9 @@ class AngularDistance(LayerCriterion):
     name = "angular"
     description = "angular distance, contiguous block (one forward pass)"
 
-    def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult:
+    def _select(
+        self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, options: Any, **context: Any
+    ) -> CriterionResult:
         stats = collect_block_statistics(evaluator)
         distances = angular_distances(stats.last_token_states, num_remove)
         start = min(range(len(distances)), key=lambda s: (distances[s], s))
@@ -54,5 +68,5 @@ class AngularDistance(LayerCriterion):
             self.name,
             list(range(start, start + num_remove)),
             num_model_evaluations=1,
-            details={"block_start": start, "distances": distances},
+            evidence=BlockEvidence(block_start=start, distances=distances),
         )

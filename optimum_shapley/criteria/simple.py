@@ -21,7 +21,9 @@ class ReverseOrder(LayerCriterion):
     name = "reverse-order"
     description = "reverse order (last layers before the final one)"
 
-    def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult:
+    def _select(
+        self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, options: Any, **context: Any
+    ) -> CriterionResult:
         last = evaluator.num_layers - 1
         return CriterionResult(self.name, list(range(last - num_remove, last)))
 
@@ -33,7 +35,9 @@ class RandomLayers(LayerCriterion):
     name = "random"
     description = "random (seeded)"
 
-    def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult:
+    def _select(
+        self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, options: Any, **context: Any
+    ) -> CriterionResult:
         return CriterionResult(self.name, random.Random(seed).sample(range(evaluator.num_layers), num_remove))
 
 
@@ -52,7 +56,9 @@ class Taylor(LayerCriterion):
     name = "taylor"
     description = "Shortened-LLaMA first-order Taylor (one forward + backward)"
 
-    def _select(self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, **options: Any) -> CriterionResult:
+    def _select(
+        self, evaluator: MaskEvaluator, num_remove: int, *, seed: int, options: Any, **context: Any
+    ) -> CriterionResult:
         model = evaluator.model
         blocks = getattr(*find_decoder_layers(model))
         groups = [list(block.parameters()) for block in blocks]
