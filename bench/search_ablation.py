@@ -82,7 +82,7 @@ def main() -> None:
         kept = [i for i in range(depth) if i not in choice.removed_layers]
         with LayerMask(model, kept):
             wikitext = perplexity_of_windows(model, windows)
-        fit = choice.details["surrogate_fit"]
+        fit = choice.evidence.surrogate_fit
         rows.append(
             {
                 "search_rounds": rounds,
