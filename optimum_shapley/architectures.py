@@ -1,4 +1,5 @@
-"""Where each model family keeps its decoder stack and which config fields are per layer.
+"""Where each model family keeps its decoder stack, which config fields are per layer, and how fields derived
+from the layer index are rewritten.
 
 This module is data plus one discovery function. Model surgery (``masking.py``) reads it; adding an
 architecture is usually a one-line change to a table here, not new code.
@@ -16,8 +17,13 @@ __all__ = [
     "HEALING_LAYOUTS",
     "INDEX_LIST_FIELDS",
     "LAYER_INDEX_ATTRIBUTES",
+    "LAYER_INDEX_RULES",
     "PER_LAYER_LIST_FIELDS",
     "BlockLayout",
+    "BuiltFromIndex",
+    "CarriedPattern",
+    "EveryKth",
+    "PrefixCount",
     "UnsupportedArchitectureError",
     "find_decoder_layers",
     "get_decoder_config",
@@ -94,6 +100,70 @@ INDEX_LIST_FIELDS: tuple[str, ...] = (
 
 # Attributes of a block's submodules that hold the block's position (KV-cache slot, mask choice).
 LAYER_INDEX_ATTRIBUTES: tuple[str, ...] = ("layer_idx",)
+
+
+# Integer config fields from which a family re-derives per-layer structure from the layer index at load time.
+# ``masking.py`` applies each kind generically: rewrite to an equivalent value for the new depth, or refuse.
+
+
+@dataclass(frozen=True)
+class PrefixCount:
+    """``field = N`` means layers ``0..N-1`` differ (DeepSeek's dense MoE prefix, Qwen2's full-attention prefix):
+    the kept layers below ``N`` still form a prefix, so the new value is their count. It applies when the value
+    is at least ``minimum``; each ``(other field, allowed values)`` in ``requires`` must hold, else no exact
+    rewrite exists (the placement depends on more than the prefix) and removal is refused with ``why``."""
+
+    field: str
+    minimum: int = 0
+    requires: tuple[tuple[str, tuple[object, ...]], ...] = ()
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class EveryKth:
+    """``field = k`` (> 1) marks every k-th layer (index ``i`` with ``(i + 1) % k == 0``) unless listed in
+    ``exceptions``, and only when ``active_if`` is non-zero (Qwen-MoE's sparse layers): rewritten as an explicit
+    ``exceptions`` list for the new depth with ``field = 1``."""
+
+    field: str
+    exceptions: str
+    active_if: str
+
+
+@dataclass(frozen=True)
+class CarriedPattern:
+    """``field = p`` (> 1) is a period of per-layer structure that the explicit list ``explicit`` overrides at load
+    time (Gemma's sliding-window pattern, Llama-4's MoE interleave): safe only when that list is rewritten too."""
+
+    field: str
+    explicit: str
+
+
+@dataclass(frozen=True)
+class BuiltFromIndex:
+    """A flag under which a block computes with its own index when built (GPT-2's attention scaled by
+    ``1 / (layer_idx + 1)``): renumbered layers would reload differently, so only trailing layers may go."""
+
+    field: str
+    why: str
+
+
+LAYER_INDEX_RULES: tuple[PrefixCount | EveryKth | CarriedPattern | BuiltFromIndex, ...] = (
+    EveryKth("decoder_sparse_step", exceptions="mlp_only_layers", active_if="num_experts"),
+    PrefixCount(
+        "first_k_dense_replace",
+        minimum=1,
+        requires=(("moe_layer_freq", (None, 1)),),
+        why="derives MoE placement from layer indices and has no explicit per-layer field",
+    ),
+    PrefixCount("max_window_layers"),
+    CarriedPattern("sliding_window_pattern", explicit="layer_types"),
+    CarriedPattern("_sliding_window_pattern", explicit="layer_types"),
+    CarriedPattern("interleave_moe_layer_step", explicit="moe_layers"),
+    BuiltFromIndex("scale_attn_by_inverse_layer_idx", why="scales attention by 1/(layer_idx+1)"),
+)
+"""Every index-derived field we know, in the order they are applied (an ``EveryKth`` rewrite of its exceptions
+list comes before anything reads that list)."""
 
 
 @dataclass(frozen=True)

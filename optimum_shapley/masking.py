@@ -21,7 +21,12 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .architectures import (
     INDEX_LIST_FIELDS,
     LAYER_INDEX_ATTRIBUTES,
+    LAYER_INDEX_RULES,
     PER_LAYER_LIST_FIELDS,
+    BuiltFromIndex,
+    CarriedPattern,
+    EveryKth,
+    PrefixCount,
     find_decoder_layers,
     get_decoder_config,
 )
@@ -148,60 +153,49 @@ def _per_layer_edits(config: PretrainedConfig, kept: Sequence[int], num_layers: 
 
 
 def _pattern_edits(config: PretrainedConfig, kept: Sequence[int], edits: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite integer fields that re-derive per-layer structure from the layer index at load time.
-
-    Each becomes an explicit list or an equivalent count for the new depth; what cannot be expressed is refused.
-    """
+    """Rewrite the integer fields that re-derive per-layer structure from the layer index at load time
+    (``architectures.LAYER_INDEX_RULES``): each becomes an explicit list or an equivalent count for the new depth;
+    what cannot be expressed is refused."""
     out: dict[str, Any] = {}
     model_type = getattr(config, "model_type", "?")
+    for rule in LAYER_INDEX_RULES:
+        value = getattr(config, rule.field, None)
+        if isinstance(rule, EveryKth):
+            if not isinstance(value, int) or value == 1:
+                continue
+            exceptions = set(getattr(config, rule.exceptions, None) or [])
+            active = (getattr(config, rule.active_if, 0) or 0) > 0
 
-    step = getattr(config, "decoder_sparse_step", None)
-    if isinstance(step, int) and step != 1:
-        # Qwen-MoE: layer i is sparse iff i not in mlp_only_layers and num_experts > 0 and (i + 1) % step == 0.
-        mlp_only = set(getattr(config, "mlp_only_layers", None) or [])
-        num_experts = getattr(config, "num_experts", 0) or 0
+            def marked(i: int, step: int = value, exceptions: set = exceptions, active: bool = active) -> bool:
+                return i not in exceptions and active and (i + 1) % step == 0
 
-        def is_sparse(i: int) -> bool:
-            return i not in mlp_only and num_experts > 0 and (i + 1) % step == 0
-
-        out["mlp_only_layers"] = [new for new, old in enumerate(kept) if not is_sparse(old)]
-        out["decoder_sparse_step"] = 1
-
-    first_k = getattr(config, "first_k_dense_replace", None)
-    if isinstance(first_k, int) and first_k > 0:
-        freq = getattr(config, "moe_layer_freq", 1)
-        if freq not in (None, 1):
+            out[rule.exceptions] = [new for new, old in enumerate(kept) if not marked(old)]
+            out[rule.field] = 1
+        elif isinstance(rule, PrefixCount):
+            if not isinstance(value, int) or isinstance(value, bool) or value < rule.minimum:
+                continue
+            for other, allowed in rule.requires:
+                if getattr(config, other, None) not in allowed:
+                    raise UnsafeLayerRemovalError(
+                        f"{model_type}: {rule.field}={value} with {other}={getattr(config, other, None)} {rule.why}; "
+                        "removing layers would reload a different model."
+                    )
+            out[rule.field] = sum(1 for old in kept if old < value)
+        elif isinstance(rule, CarriedPattern):
+            if not isinstance(value, int) or value <= 1:
+                continue
+            if rule.explicit not in edits:
+                raise UnsafeLayerRemovalError(
+                    f"{model_type}: {rule.field}={value} derives per-layer structure from layer indices and the "
+                    f"config has no explicit {rule.explicit!r} list to carry it; refusing to remove layers."
+                )
+            # the explicit list wins at load time; the pattern integer stays only as a record of the original model
+        elif isinstance(rule, BuiltFromIndex) and value and any(new != old for new, old in enumerate(kept)):
             raise UnsafeLayerRemovalError(
-                f"{model_type}: first_k_dense_replace={first_k} with moe_layer_freq={freq} derives MoE placement "
-                "from layer indices and has no explicit per-layer field; removing layers would reload a different "
-                "model."
+                f"{model_type}: {rule.field}=True {rule.why}, computed from the index when the model is built; "
+                "after removing a layer that is not at the end, a reloaded model would compute the kept layers "
+                "differently. Only trailing layers can be removed from this model."
             )
-        # dense layers form a prefix, so the kept dense layers still form a prefix
-        out["first_k_dense_replace"] = sum(1 for old in kept if old < first_k)
-
-    max_window = getattr(config, "max_window_layers", None)
-    if isinstance(max_window, int):
-        # Qwen2: layers with index >= max_window_layers use sliding attention; the kept ones below stay a prefix
-        out["max_window_layers"] = sum(1 for old in kept if old < max_window)
-
-    for field in ("sliding_window_pattern", "_sliding_window_pattern", "interleave_moe_layer_step"):
-        value = getattr(config, field, None)
-        if not isinstance(value, int) or value <= 1:
-            continue
-        explicit = {"interleave_moe_layer_step": "moe_layers"}.get(field, "layer_types")
-        if explicit not in edits:
-            raise UnsafeLayerRemovalError(
-                f"{model_type}: {field}={value} derives per-layer structure from layer indices and the config has "
-                f"no explicit {explicit!r} list to carry it; refusing to remove layers."
-            )
-        # the explicit list wins at load time; the pattern integer stays only as a record of the original model
-
-    if getattr(config, "scale_attn_by_inverse_layer_idx", False) and any(new != old for new, old in enumerate(kept)):
-        raise UnsafeLayerRemovalError(
-            f"{model_type}: scale_attn_by_inverse_layer_idx=True scales attention by 1/(layer_idx+1), computed from "
-            "the index when the model is built; after removing a layer that is not at the end, a reloaded model "
-            "would scale the kept layers differently. Only trailing layers can be removed from this model."
-        )
     return out
 
 

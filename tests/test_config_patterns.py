@@ -91,3 +91,25 @@ def test_gemma3_sliding_pattern_becomes_explicit_layer_types(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert reloaded.config.layer_types == pruned.config.layer_types
     assert [layer.self_attn.layer_type for layer in reloaded.model.layers] == pruned.config.layer_types
+
+
+def test_index_rules_are_data_applied_by_kind():
+    """architectures.LAYER_INDEX_RULES drive the rewrites: a prefix count, its refusal, a carried pattern."""
+    from transformers import PretrainedConfig
+
+    from optimum_shapley.architectures import LAYER_INDEX_RULES, CarriedPattern, PrefixCount
+    from optimum_shapley.masking import _pattern_edits
+
+    fields = {rule.field for rule in LAYER_INDEX_RULES}
+    assert {"first_k_dense_replace", "max_window_layers", "sliding_window_pattern"} <= fields
+    assert any(isinstance(r, PrefixCount) and r.requires for r in LAYER_INDEX_RULES)
+    kept = [0, 2, 3, 5]
+    dense_prefix = PretrainedConfig(first_k_dense_replace=3, moe_layer_freq=1)
+    assert _pattern_edits(dense_prefix, kept, {})["first_k_dense_replace"] == 2  # layers 0 and 2 stay dense
+    with pytest.raises(UnsafeLayerRemovalError, match="first_k_dense_replace=3 with moe_layer_freq=2"):
+        _pattern_edits(PretrainedConfig(first_k_dense_replace=3, moe_layer_freq=2), kept, {})
+    pattern = PretrainedConfig(sliding_window_pattern=3)
+    assert any(isinstance(r, CarriedPattern) and r.explicit == "layer_types" for r in LAYER_INDEX_RULES)
+    with pytest.raises(UnsafeLayerRemovalError, match="no explicit 'layer_types' list"):
+        _pattern_edits(pattern, kept, {})
+    assert _pattern_edits(pattern, kept, {"layer_types": ["a"] * 4}) == {}  # the explicit list carries it
