@@ -33,7 +33,7 @@ from optimum_shapley.evaluation import (  # noqa: E402
     run_fingerprint,
     text_windows,
 )
-from optimum_shapley.masking import num_decoder_layers  # noqa: E402
+from optimum_shapley.surgery import num_decoder_layers  # noqa: E402
 
 DEFAULT_DATA_DIR = os.path.join(ROOT, "..", "shared", "data")
 CALIBRATION_BLOCKS = {"smollm2-135m": 10, "gemma3-270m": 10}

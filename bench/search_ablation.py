@@ -37,7 +37,7 @@ from optimum_shapley.evaluation import (  # noqa: E402
     run_fingerprint,
     text_windows,
 )
-from optimum_shapley.masking import num_decoder_layers  # noqa: E402
+from optimum_shapley.surgery import num_decoder_layers  # noqa: E402
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from optimum_shapley.shapley import (  # noqa: E402
+from optimum_shapley.game_values import (  # noqa: E402
     paper_contributions,
     paper_contributions_on_masks,
     permutation_shapley,

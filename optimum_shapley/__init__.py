@@ -15,7 +15,7 @@ from .config import ShapleyPruningConfig
 from .evaluation.perplexity import perplexity
 from .evaluation.zeroshot import zero_shot
 from .loading import load_causal_lm
-from .masking import LayerMask, drop_layers
+from .surgery import LayerMask, drop_layers
 from .pruner import ShapleyLayerPruner
 from .registry import register_criterion
 from .result import PruningResult

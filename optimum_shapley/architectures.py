@@ -1,7 +1,7 @@
 """Where each model family keeps its decoder stack, which config fields are per layer, and how fields derived
 from the layer index are rewritten.
 
-This module is data plus one discovery function. Model surgery (``masking.py``) reads it; adding an
+This module is data plus one discovery function. Model surgery (``surgery.py``) reads it; adding an
 architecture is usually a one-line change to a table here, not new code.
 """
 
@@ -103,7 +103,7 @@ LAYER_INDEX_ATTRIBUTES: tuple[str, ...] = ("layer_idx",)
 
 
 # Integer config fields from which a family re-derives per-layer structure from the layer index at load time.
-# ``masking.py`` applies each kind generically: rewrite to an equivalent value for the new depth, or refuse.
+# ``surgery.py`` applies each kind generically: rewrite to an equivalent value for the new depth, or refuse.
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 from transformers.utils import PushToHubMixin
 
+from .game_values import ESTIMATORS
 from .registry import CRITERIA, DEFAULT_METHOD, methods_help
-from .shapley import ESTIMATORS
 
 __all__ = [
     "CONFIG_NAME",

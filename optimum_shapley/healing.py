@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .architectures import HEALING_LAYOUTS, BlockLayout, find_decoder_layers, get_decoder_config
-from .masking import PRUNING_RECORD_KEY, _kept_from_remove
+from .surgery import PRUNING_RECORD_KEY, _kept_from_remove
 
 __all__ = [
     "HEALING_METHODS",

@@ -25,8 +25,8 @@ from .data import CalibrationDataset, build_calibration_dataset
 from .evaluation import MaskEvaluation, MaskEvaluationCache, MaskEvaluator, model_fingerprint, run_fingerprint
 from .evaluation.losses import measure_name
 from .loading import detach_gguf_quantizer
-from .masking import drop_layers, kept_layers_from_mask, num_decoder_layers
 from .result import PruningResult
+from .surgery import drop_layers, kept_layers_from_mask, num_decoder_layers
 from .surrogate import ShapleySurrogate
 from .throughput import SpeedReport, measure_speed, speed_comparison
 

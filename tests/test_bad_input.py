@@ -10,7 +10,7 @@ from tiny_models import tiny_model
 
 from optimum_shapley import LayerMask, drop_layers
 from optimum_shapley.architectures import UnsupportedArchitectureError, find_decoder_layers
-from optimum_shapley.masking import LayerSelectionError
+from optimum_shapley.surgery import LayerSelectionError
 
 
 class NoStack(torch.nn.Module):

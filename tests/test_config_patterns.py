@@ -10,7 +10,7 @@ from tiny_models import tiny_inputs, tiny_model
 from transformers import AutoModelForCausalLM
 
 from optimum_shapley import LayerMask, drop_layers
-from optimum_shapley.masking import UnsafeLayerRemovalError
+from optimum_shapley.surgery import UnsafeLayerRemovalError
 
 MOE = dict(
     hidden_size=32,
@@ -98,7 +98,7 @@ def test_index_rules_are_data_applied_by_kind():
     from transformers import PretrainedConfig
 
     from optimum_shapley.architectures import LAYER_INDEX_RULES, CarriedPattern, PrefixCount
-    from optimum_shapley.masking import _pattern_edits
+    from optimum_shapley.surgery import _pattern_edits
 
     fields = {rule.field for rule in LAYER_INDEX_RULES}
     assert {"first_k_dense_replace", "max_window_layers", "sliding_window_pattern"} <= fields

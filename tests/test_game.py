@@ -16,7 +16,7 @@ from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, ShapleySur
 from optimum_shapley.data import CalibrationDataset
 from optimum_shapley.evaluation import MaskEvaluationCache, MaskEvaluator
 from optimum_shapley.evaluation.losses import measure_name, token_losses
-from optimum_shapley.shapley import region_values, sample_region_masks
+from optimum_shapley.game_values import region_values, sample_region_masks
 from optimum_shapley.surrogate import train_surrogate
 
 FAST = dict(num_samples=4, seq_length=16, mc_samples=2000, surrogate_epochs=60, seed=3, verify_samples=8)

@@ -22,7 +22,7 @@ from optimum_shapley.healing import (
     heal_removed_layers,
     record_healing,
 )
-from optimum_shapley.masking import LayerSelectionError
+from optimum_shapley.surgery import LayerSelectionError
 
 # Gemma-2/3 normalise the MLP output (post_feedforward_layernorm) before the residual add: only diagonal maps fold.
 POST_NORM = {"gemma2", "gemma3_text"}

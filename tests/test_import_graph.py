@@ -83,7 +83,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "optimum_shapley.masking" in graph["optimum_shapley.evaluation.masks"]  # imported inside methods
+    assert "optimum_shapley.surgery" in graph["optimum_shapley.evaluation.evaluator"]  # imported inside methods
 
 
 def test_the_package_has_no_import_cycle():
@@ -94,3 +94,13 @@ def test_the_leaves_import_nothing_of_the_package():
     graph = import_graph()
     for leaf in ("optimum_shapley.registry", "optimum_shapley.encoding"):
         assert graph[leaf] == set(), (leaf, graph[leaf])
+
+
+def test_no_two_modules_share_a_name():
+    """Issue #15: shapley.py beside criteria/shapley.py, masking.py beside evaluation/masks.py made imports and
+    tracebacks ambiguous; every module's own name is unique in the package."""
+    names: dict[str, list[str]] = {}
+    for module in import_graph():
+        if module != "optimum_shapley":
+            names.setdefault(module.rsplit(".", 1)[-1], []).append(module)
+    assert {leaf: where for leaf, where in names.items() if len(where) > 1} == {}

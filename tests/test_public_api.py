@@ -27,9 +27,9 @@ MOVED = {
     "optimum_shapley.criteria": ["METHODS", "select_layers", "CriterionResult"],
     "optimum_shapley.evaluation": ["MaskEvaluator"],
     "optimum_shapley.healing": ["heal_removed_layers", "HealingNotExactError"],
-    "optimum_shapley.masking": ["num_decoder_layers", "LayerSelectionError", "UnsafeLayerRemovalError"],
+    "optimum_shapley.surgery": ["num_decoder_layers", "LayerSelectionError", "UnsafeLayerRemovalError"],
     "optimum_shapley.surrogate": ["train_surrogate", "SurrogateFit"],
-    "optimum_shapley.shapley": ["estimate_contributions", "ShapleyEstimate"],
+    "optimum_shapley.game_values": ["estimate_contributions", "ShapleyEstimate"],
     "optimum_shapley.registry": ["CRITERIA", "BUILTIN_METHODS"],
     "optimum_shapley.run": ["PruneOutcome"],
 }

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from optimum_shapley import LayerMask, drop_layers
-from optimum_shapley.masking import num_decoder_layers
+from optimum_shapley.surgery import num_decoder_layers
 
 pytestmark = pytest.mark.slow
 

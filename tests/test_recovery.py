@@ -18,8 +18,8 @@ from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig
 from optimum_shapley.cli import main
 from optimum_shapley.data import load_texts, tokenize_blocks
 from optimum_shapley.evaluation import evaluate_batches
-from optimum_shapley.masking import drop_layers
 from optimum_shapley.recovery import ADAPTER_DIR, recover, save_model_and_adapter
+from optimum_shapley.surgery import drop_layers
 
 peft = pytest.importorskip("peft", reason="LoRA recovery needs peft (pip install 'optimum-shapley[recovery]')")
 

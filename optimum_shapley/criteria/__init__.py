@@ -21,12 +21,12 @@ from typing import Any
 
 from ..evaluation import MaskEvaluator
 from ..registry import BUILTIN_METHODS, CRITERIA, register_criterion
-from . import evopress, perplexity, shapley, similarity, simple  # noqa: F401  (importing registers the criteria)
+from . import evopress, shapley, similarity, simple, sleb  # noqa: F401  (importing registers the criteria)
 from .base import CriterionEvidence, CriterionResult, LayerCriterion, NoOptions, get_criterion
 from .evopress import EvolutionEvidence, EvoPressOptions
-from .perplexity import GreedyEvidence
 from .shapley import GameEvidence, GameRecord
 from .similarity import BlockEvidence
+from .sleb import GreedyEvidence
 
 __all__ = [
     "CRITERIA",

@@ -36,9 +36,9 @@ import torch
 from ..config import ShapleyPruningConfig
 from ..encoding import key_to_mask, mask_to_key
 from ..evaluation import MaskEvaluator, utilities_from_nll
+from ..game_values import ShapleyEstimate, estimate_contributions, region_values, sample_region_masks
 from ..sampling import sample_masks
 from ..search import propose_kept_sets, surrogate_predictor
-from ..shapley import ShapleyEstimate, estimate_contributions, region_values, sample_region_masks
 from ..surrogate import ShapleySurrogate, SurrogateFit, spearman, train_surrogate
 from .base import CriterionEvidence, CriterionResult, LayerCriterion, lowest, register_criterion
 from .hidden_states import collect_block_statistics

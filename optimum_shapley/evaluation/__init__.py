@@ -4,7 +4,7 @@
 held-out protocol users compare with papers; ``tasks`` + ``zeroshot`` lm-evaluation-harness's zero-shot accuracy.
 """
 
-from .masks import (
+from .evaluator import (
     CACHE_FILE_NAME,
     MEASURE,
     MaskEvaluation,

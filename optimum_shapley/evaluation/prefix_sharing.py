@@ -121,7 +121,7 @@ class PrefixSharingRunner:
 
     def _enter(self, kept: list[int], start: int):
         """Enter the layer mask of the layers to run; a suffix some config pattern cannot express runs in full."""
-        from ..masking import LayerMask, LayerSelectionError, UnsafeLayerRemovalError
+        from ..surgery import LayerMask, LayerSelectionError, UnsafeLayerRemovalError
 
         try:
             mask = LayerMask(self.model, kept[start:])

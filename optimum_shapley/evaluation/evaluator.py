@@ -93,7 +93,7 @@ class MaskEvaluator:
         kl_top_k: int = DEFAULT_KL_TOP_K,
         verifier: MaskEvaluator | None = None,
     ):
-        from ..masking import num_decoder_layers
+        from ..surgery import num_decoder_layers
 
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
@@ -207,7 +207,7 @@ class MaskEvaluator:
 
     def __call__(self, keep: Iterable[int] | np.ndarray) -> MaskEvaluation:
         """Evaluation of the model keeping ``keep`` (indices, or a boolean mask over all layers)."""
-        from ..masking import kept_layers_from_mask
+        from ..surgery import kept_layers_from_mask
 
         return self._serve(kept_layers_from_mask(keep, self.num_layers), self.run)
 
@@ -250,7 +250,7 @@ class MaskEvaluator:
 
     def forward(self, kept: list[int]) -> MaskEvaluation:
         """One real evaluation (no cache): token-weighted NLL of the model with only ``kept`` layers."""
-        from ..masking import LayerMask
+        from ..surgery import LayerMask
 
         references = self.references()
         start = time.perf_counter()
@@ -270,7 +270,7 @@ class MaskEvaluator:
         masks = list(masks)
         self.references()
         if self.accelerator is not None:
-            from ..masking import kept_layers_from_mask
+            from ..surgery import kept_layers_from_mask
 
             self._evaluate_shares([kept_layers_from_mask(m, self.num_layers) for m in masks], desc)
             self._in_batch = True
@@ -292,7 +292,7 @@ class MaskEvaluator:
         layer with the previous one (``prefix_sharing.py``); same numbers as plain forwards, results in input order."""
         from tqdm.auto import tqdm
 
-        from ..masking import kept_layers_from_mask
+        from ..surgery import kept_layers_from_mask
         from .prefix_sharing import PrefixSharingRunner, trie_order
 
         kept_sets = [kept_layers_from_mask(mask, self.num_layers) for mask in masks]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from optimum_shapley.shapley import (
+from optimum_shapley.game_values import (
     ShapleyEstimate,
     estimate_contributions,
     paper_contributions,
