@@ -162,10 +162,13 @@ class ShapleyPruningConfig(PushToHubMixin):
     )
     # --- Shapley estimation
     estimator: str = field(
-        default="local",
+        default="measured",
         metadata=_help(
-            "'local' (default): each layer's mean marginal over kept sets of the target size within value_radius "
-            "swaps of the best verified set, where the surrogate was trained; 'semivalue': over uniformly random "
+            "'measured' (default): least-squares values of a linear game fitted to the real evaluations near the "
+            "best verified set (neighbourhood and ridge chosen by leave-one-out), or 'local' where fewer "
+            "evaluations than layers lie there; "
+            "'local': each layer's mean marginal on the surrogate over kept sets of the target size within "
+            "value_radius swaps of the best verified set, where the surrogate was trained; 'semivalue': over uniformly random "
             "kept sets of the target size; 'permutation': full-range Shapley values (every coalition size: mostly "
             "extrapolation on a surrogate trained near the target); 'paper': the published estimator."
         ),

@@ -72,7 +72,10 @@ def game_summary_rows(result: Any) -> list[tuple[str, str]]:
                 game.get("chosen_on"), "surrogate (unverified)"
             ),
         ),
-        ("values average over", f"{game.get('values_region')} (coalitions of {low}-{high} other layers)"),
+        (
+            "values fitted on" if game.get("values_estimator") == "measured" else "values average over",
+            f"{game.get('values_region')} (coalitions of {low}-{high} other layers)",
+        ),
     ]
     lowest = game.get("lowest_value_set")
     if game.get("lowest_value_is_chosen"):
@@ -108,15 +111,23 @@ def game_paragraphs(result: Any) -> list[str]:
     loss = _loss_name(game)
     low, high = (game.get("coalition_sizes") or [None, None])[:2]
     paragraphs = [_chosen_text(game, result.num_removed)]
-    values = (
-        f"Each layer's value is its mean marginal contribution over {game.get('values_region')}: coalitions of "
-        f"{low} to {high} other layers, where the surrogate was trained (`{game.get('values_estimator')}` "
-        "estimator)."
-    )
+    measured = game.get("values_estimator") == "measured"
+    if measured:
+        values = (
+            f"Each layer's value is its coefficient in {game.get('values_region')}: coalitions of {low} to {high} "
+            "other layers, measured on the real model (`measured` estimator). Error bars are the regression's "
+            "standard errors, from its leave-one-out residuals."
+        )
+    else:
+        values = (
+            f"Each layer's value is its mean marginal contribution over {game.get('values_region')}: coalitions of "
+            f"{low} to {high} other layers, where the surrogate was trained (`{game.get('values_estimator')}` "
+            "estimator)."
+        )
     if game.get("values_estimator") == "permutation":
         values += " This estimator averages over every coalition size, most of them outside the surrogate's data."
     ensemble = (result.surrogate_fit or {}).get("ensemble_size", 1)
-    if ensemble and ensemble > 1:
+    if ensemble and ensemble > 1 and not measured:
         values += (
             f" Error bars combine Monte Carlo error with the spread of {ensemble} surrogates trained on different "
             "splits."

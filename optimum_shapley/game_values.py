@@ -513,6 +513,8 @@ def measured_values(
     covariance = noise * inverse @ (design.T @ design) @ inverse
     stderr = np.sqrt(np.clip(np.diag(covariance)[1:], 0.0, None))
     kept = data.sum(axis=1)
+    # a kept player's marginal is read at |S| - 1 others, a removed player's at |S| (none is removed from the full set)
+    others = np.where(kept < players, kept, kept - 1)
     within = "all the evaluated kept sets" if inside.all() else f"the evaluated kept sets within {radius} flips"
     return ShapleyEstimate(
         values=coefficients[1:],
@@ -521,7 +523,7 @@ def measured_values(
         num_samples=int(inside.sum()),
         num_utility_calls=0,
         seconds=time.perf_counter() - start,
-        coalition_sizes=(max(int(kept.min()) - 1, 0), int(kept.max())),
+        coalition_sizes=(max(int(kept.min()) - 1, 0), int(others.max())),
         region=(
             f"a linear game fitted to {within} of the best verified set ({int(inside.sum())} real evaluations, "
             f"ridge {ridge:g}; both chosen by leave-one-out)"

@@ -186,7 +186,11 @@ def test_the_run_records_how_it_chose(game_run):
     scored = [s for s in game["top_sets"] if s["verifier_loss"] is not None]
     assert chosen and chosen[0]["verifier_loss"] == min(s["verifier_loss"] for s in scored)
     assert set(game["peers"]) == {"angular", "block-influence", "leave-one-out"}
-    assert game["coalition_sizes"] == [8 - 2 - 1, 8 - 2]
+    # the values are fitted on the real evaluations near the chosen set: from the target's neighbours up to at most
+    # the full model (7 other layers)
+    assert game["values_estimator"] == "measured" and "real evaluations" in game["values_region"]
+    low, high = game["coalition_sizes"]
+    assert 0 <= low <= 8 - 2 - 1 and 8 - 2 <= high <= 7
 
 
 def test_the_cost_is_counted_in_evaluations_and_tokens(game_run):
@@ -334,6 +338,30 @@ def test_the_card_names_the_phase_that_found_the_set(chosen_by, chosen_on, expec
     for other, phrase in [("peer:angular", "angular distance's"), ("search", "value-guided search")]:
         if other != chosen_by:
             assert phrase not in text.split("The best verified sets")[0]
+
+
+@pytest.mark.parametrize("estimator", ["measured", "local"])
+def test_the_card_says_where_the_values_come_from(estimator):
+    """Measured values are regression coefficients on real evaluations; surrogate values are mean marginals with
+    ensemble error bars: the card and the summary say the one that happened, never the other."""
+    from optimum_shapley.game_report import game_paragraphs, game_summary_rows
+
+    region = {
+        "measured": "a linear game fitted to the evaluated kept sets within 6 flips of the best verified set",
+        "local": BASE_GAME["values_region"],
+    }[estimator]
+    game = dict(BASE_GAME, values_estimator=estimator, values_region=region, chosen_by="search")
+    result = _result_with(game)
+    result.surrogate_fit = {"ensemble_size": 3}
+    text = " ".join(game_paragraphs(result))
+    rows = dict(game_summary_rows(result))
+    if estimator == "measured":
+        assert "measured on the real model (`measured` estimator)" in text and "leave-one-out residuals" in text
+        assert "spread of 3 surrogates" not in text and "where the surrogate was trained" not in text
+        assert rows["values fitted on"].startswith("a linear game fitted")
+    else:
+        assert "mean marginal contribution over" in text and "spread of 3 surrogates" in text
+        assert "measured on the real model" not in text and "values average over" in rows
 
 
 def test_the_card_says_whether_the_lowest_values_are_the_removed_set():

@@ -11,6 +11,7 @@ import torch
 from optimum_shapley.game_values import (
     ShapleyEstimate,
     estimate_contributions,
+    measured_values,
     paper_contributions,
     paper_contributions_on_masks,
     permutation_shapley,
@@ -309,3 +310,53 @@ def test_nn_module_utility():
     bare = paper_contributions(model.net, 8, [4, 6], 300, seed=0)  # (N, 1) output is accepted too
     np.testing.assert_allclose(paper.values, bare.values, atol=1e-6)
     assert not any(p.grad is not None for p in model.parameters())
+
+
+def _near(center: np.ndarray, count: int, flips: int, seed: int) -> np.ndarray:
+    """``count`` masks, each ``center`` with 1..``flips`` random layers flipped."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(count):
+        mask = center.copy()
+        mask[rng.choice(center.size, size=rng.integers(1, flips + 1), replace=False)] ^= True
+        rows.append(mask)
+    return np.array([center, *rows])
+
+
+def test_measured_values_recover_a_linear_game_with_honest_error_bars():
+    weights = np.linspace(-1.0, 2.0, 10)
+    center = np.ones(10, dtype=bool)
+    center[[2, 5, 7]] = False
+    masks = _near(center, 80, 3, seed=0)
+    noise = np.random.default_rng(1).normal(0.0, 0.01, len(masks))
+    estimate = measured_values(masks, 0.5 + masks @ weights + noise, center)
+    assert estimate.estimator == "measured" and estimate.num_samples >= 10 and estimate.num_utility_calls == 0
+    np.testing.assert_allclose(estimate.values, weights, atol=0.02)
+    assert np.all(estimate.stderr > 0) and np.all(estimate.stderr < 0.02)  # the noise, not zero, not huge
+    assert "real evaluations" in estimate.region and "leave-one-out" in estimate.region
+    low, high = estimate.coalition_sizes
+    assert low == int(masks.sum(axis=1).min()) - 1 and high <= 9
+
+
+def test_measured_values_prefer_the_neighbourhood_where_the_game_is_linear():
+    """Far from the centre the game bends (a pair that only counts together): the fit keeps to the centre."""
+    center = np.ones(12, dtype=bool)
+    center[[0, 1, 2]] = False
+    weights = np.linspace(0.1, 1.2, 12)
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        far = (masks != center).sum(axis=1) > 3
+        return masks @ weights + np.where(far, 5.0 * masks[:, 8] * masks[:, 9] - 5.0 * masks[:, 3], 0.0)
+
+    masks = np.concatenate([_near(center, 60, 3, seed=2), _near(center, 200, 8, seed=3)])
+    estimate = measured_values(masks, game(masks), center)
+    assert "within" in estimate.region  # not "all the evaluated kept sets"
+    np.testing.assert_allclose(estimate.values, weights, atol=0.05)
+
+
+def test_measured_values_need_as_many_evaluations_as_layers_near_the_centre():
+    center = np.ones(10, dtype=bool)
+    center[:2] = False
+    masks = _near(center, 5, 2, seed=0)
+    assert measured_values(masks, masks.sum(axis=1).astype(float), center) is None
+    assert measured_values(np.zeros((0, 10), dtype=bool), np.zeros(0), center) is None

@@ -16,8 +16,12 @@
    EvoPress does) and the best one there is removed;
 6. **value check**: each layer's real marginal at the chosen set is measured and rank-correlated with its value.
 
-The values are a probabilistic value of the game restricted to where the surrogate was trained: each layer's mean
-marginal over kept sets of the target size near the best verified set (``estimator="local"``). ``shapley-paper``
+The values are the game's where it was measured (``estimator="measured"``): the coefficients of a linear game fitted
+by ridge regression to the real evaluations near the best verified set (the elimination's last steps, the search
+and its trust region lie there), with the neighbourhood and the ridge chosen by leave-one-out; they pick the search's
+candidates around each incumbent and are reported at the chosen set. Where too few evaluations lie near a set, the
+surrogate's local values stand in (``"local"``: each layer's mean marginal on the surrogate over kept sets of the
+target size near it), and the result says which estimator gave the values. ``shapley-paper``
 keeps the published behaviour (strata fixed for 32 layers, ``ppl(full)/ppl(mask)``, the paper's estimator, the k
 lowest scores removed unverified) with our layer skipping and the same design budget.
 """
@@ -36,7 +40,13 @@ import torch
 from ..config import ShapleyPruningConfig
 from ..encoding import key_to_mask, mask_to_key
 from ..evaluation import MaskEvaluator, utilities_from_nll
-from ..game_values import ShapleyEstimate, estimate_contributions, region_values, sample_region_masks
+from ..game_values import (
+    ShapleyEstimate,
+    estimate_contributions,
+    measured_values,
+    region_values,
+    sample_region_masks,
+)
 from ..sampling import sample_masks
 from ..search import propose_kept_sets, surrogate_predictor
 from ..surrogate import ShapleySurrogate, SurrogateFit, spearman, train_surrogate
@@ -230,6 +240,13 @@ class _Game:
         keys = self.at_target()
         return keys[0] if keys else None
 
+    def measured(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(masks, utilities)`` of every real evaluation so far, for the ``measured`` values (None: none yet)."""
+        if not self.evaluations:
+            return None
+        keys, utilities = self.utilities()
+        return np.stack([key_to_mask(k) for k in keys]), np.asarray(utilities, dtype=np.float64)
+
     # ---------------------------------------------------------------- surrogate
     def utilities(self) -> tuple[list[str], np.ndarray]:
         keys = list(self.evaluations)
@@ -278,16 +295,31 @@ class _Game:
         return rows.mean(axis=0), spread
 
 
-def values_of(surrogate, config: ShapleyPruningConfig, num_layers: int, target: int, strata, center) -> ShapleyEstimate:
-    """The run's values: the configured estimator on ``surrogate`` (``center`` = best verified kept set or None)."""
+def values_of(
+    surrogate,
+    config: ShapleyPruningConfig,
+    num_layers: int,
+    target: int,
+    strata,
+    center,
+    measured: tuple[np.ndarray, np.ndarray] | None = None,
+) -> ShapleyEstimate:
+    """The run's values: the configured estimator (``center`` = best verified kept set or None). ``measured``
+    (``(masks, utilities)`` of the real evaluations) feeds the ``measured`` estimator; where it cannot fit (no
+    centre, fewer evaluations than layers near it) the surrogate's ``local`` values stand in, and the estimate
+    says so."""
+    if config.estimator == "measured" and center is not None and measured is not None:
+        estimate = measured_values(measured[0], measured[1], center)
+        if estimate is not None:
+            return estimate
     surrogate.eval()
-    if config.estimator in ("local", "semivalue"):
+    if config.estimator in ("measured", "local", "semivalue"):
         return region_values(
             surrogate,
             num_layers,
             target,
             num_samples=config.mc_samples,
-            center=center if config.estimator == "local" else None,
+            center=center if config.estimator in ("measured", "local") else None,
             radius=config.value_radius,
             seed=config.seed,
         )
@@ -445,7 +477,7 @@ class ShapleyCriterion(LayerCriterion):
 
         # values around the chosen set, from the surrogate that chose it
         chosen = key_to_mask(chosen_key)
-        estimate = values_of(game.surrogate, config, num_layers, target, game.strata, chosen)
+        estimate = values_of(game.surrogate, config, num_layers, target, game.strata, chosen, game.measured())
         values = np.asarray(estimate.values)
         lowest_set = lowest(values.tolist(), game.num_remove)
         lowest_key = mask_to_key(_kept_mask(num_layers, lowest_set))
@@ -536,7 +568,9 @@ class ShapleyCriterion(LayerCriterion):
             best = game.best()
             incumbent = key_to_mask(best)
             values = np.asarray(
-                values_of(game.surrogate, config, game.num_layers, game.target, game.strata, incumbent).values
+                values_of(
+                    game.surrogate, config, game.num_layers, game.target, game.strata, incumbent, game.measured()
+                ).values
             )
             pool = self._candidates(game, values, incumbent)
             if not pool:
@@ -659,7 +693,7 @@ class ShapleyCriterion(LayerCriterion):
         estimate = region_values(surrogate, num_layers, target, num_samples=config.mc_samples, seed=config.seed)
         current = _kept_mask(num_layers, lowest(np.asarray(estimate.values).tolist(), game.num_remove))
         for _ in range(5):
-            estimate = values_of(surrogate, config, num_layers, target, game.strata, current)
+            estimate = values_of(surrogate, config, num_layers, target, game.strata, current, game.measured())
             following = _kept_mask(num_layers, lowest(np.asarray(estimate.values).tolist(), game.num_remove))
             if (following == current).all():
                 break
@@ -683,7 +717,7 @@ class ShapleyCriterion(LayerCriterion):
             }
             chosen_key, chosen_on = self._verify(game)
         chosen = key_to_mask(chosen_key)
-        estimate = values_of(surrogate, config, num_layers, target, game.strata, chosen)
+        estimate = values_of(surrogate, config, num_layers, target, game.strata, chosen, game.measured())
         values = np.asarray(estimate.values)
         lowest_key = mask_to_key(_kept_mask(num_layers, lowest(values.tolist(), game.num_remove)))
         value_check = None
