@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from .atomic import write_json
 from .cli_arguments import (
     add_evaluate_arguments,
     add_prune_arguments,
@@ -34,7 +35,6 @@ from .run import (
     evaluate_folder,
     prune_layers,
     recover_folder,
-    write_json_atomically,
 )
 
 __all__ = [
@@ -229,7 +229,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(evaluation_text_table(record["results"]))
     print(f"\n{measurement['seconds']:.1f} s evaluating, {time.perf_counter() - start:.1f} s in all")
     if output_json is not None:
-        write_json_atomically(output_json, record)
+        write_json(output_json, record)
         print(f"wrote {output_json}")
     return 0
 

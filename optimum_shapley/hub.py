@@ -6,12 +6,7 @@ with ``HfApi.create_repo`` + ``HfApi.upload_folder``; the surrogate goes to a re
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -26,7 +21,6 @@ __all__ = [
     "plot_contributions",
     "plot_surrogate_fit",
     "push_run_folder",
-    "staged_folder",
     "write_run_folder",
 ]
 
@@ -366,38 +360,6 @@ Removed layers (original indices): **{", ".join(map(str, result.removed_layers))
 ```
 """
     return ModelCard(content)
-
-
-@contextmanager
-def staged_folder(output_dir: str | os.PathLike) -> Iterator[str]:
-    """Yield an empty temporary folder beside ``output_dir``; when the block succeeds, its entries replace those of
-    the same name in ``output_dir`` (other files stay). A failure leaves ``output_dir`` as it was: never half-written.
-    A new ``output_dir`` appears in one rename, complete or not at all, even if the process is killed; what a killed
-    save left beside ``output_dir`` is removed by the next save to it.
-    """
-    output_dir = os.path.abspath(os.fspath(output_dir))
-    parent, name = os.path.split(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    prefix = f".shapley-staging-{name}."
-    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    try:
-        yield staging
-        if not os.path.exists(output_dir):
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output's mode
-            os.rename(staging, output_dir)
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        for name in os.listdir(staging):
-            target = os.path.join(output_dir, name)
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(staging, name), target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_run_folder(

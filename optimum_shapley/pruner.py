@@ -521,7 +521,8 @@ class ShapleyLayerPruner(Trainer):
         weights plus ``adapter/``, whose config names ``adapter_base_model`` (default: ``output_dir``) as its base.
         Under ``accelerate launch`` only the main process writes (call it on every process, as ``Trainer.save_model``).
         """
-        from .hub import staged_folder, write_run_folder
+        from .atomic import staged_folder
+        from .hub import write_run_folder
 
         if self.result is None:
             raise RuntimeError("call prune() before save_pretrained()")

@@ -8,7 +8,6 @@ loads the model, calls this and prints.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .atomic import publish, staged_folder
 from .config import ShapleyPruningConfig
 from .result import PruningResult
 
@@ -26,10 +26,8 @@ __all__ = [
     "check_output_folder",
     "check_writable",
     "prune_layers",
-    "publish_folder",
     "recover_folder",
     "run_folder",
-    "write_json_atomically",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,18 +97,6 @@ def _seed_cache(output: str, work: str, cache_name: str) -> int:
         shutil.copyfile(source, target + ".tmp")
         os.replace(target + ".tmp", target)
     return os.path.getsize(target) if os.path.isfile(target) else 0
-
-
-def publish_folder(work: str, output: str) -> None:
-    """Make the complete ``work`` folder the ``output`` folder in renames: a crash leaves no output or a whole one."""
-    parent, name = os.path.split(output)
-    if os.path.exists(output):
-        old = tempfile.mkdtemp(prefix=f".{name}.replaced-", dir=parent)
-        os.rmdir(old)  # a free name beside output
-        os.rename(output, old)
-    os.rename(work, output)  # killed between the two renames: no output; the next run resumes from work's cache
-    for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.replaced-*")):
-        shutil.rmtree(old, ignore_errors=True)  # this run's, or one a crash between the renames left behind
 
 
 def prune_layers(
@@ -189,7 +175,7 @@ def prune_layers(
             result.evaluation = {"protocol": evaluation.protocol(), "results": measurements}
         pruner.save_pretrained(work, adapter_base_model=output)  # a kept adapter's base is the final folder
         if main:
-            publish_folder(work, output)
+            publish(work, output)
         pruner.accelerator.wait_for_everyone()
         pushed: dict[str, str] = {}
         if push_to_hub:
@@ -202,23 +188,6 @@ def prune_layers(
             shutil.rmtree(work, ignore_errors=True)
         raise
     return PruneOutcome(result, output, pushed or {}, measurements, written=main)
-
-
-def write_json_atomically(path: str, record: dict) -> None:
-    """Write ``record`` as JSON to ``path`` whole or not at all (a temporary file beside it, then one rename)."""
-    import json
-
-    folder = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 @dataclass
@@ -246,7 +215,7 @@ def recover_folder(
     results, plots and surrogate, and its card gains a *Recovery* section."""
     import json
 
-    from .hub import staged_folder, write_run_folder
+    from .hub import write_run_folder
     from .loading import load_causal_lm, torch_dtype
     from .pruner import SURROGATE_DIR
     from .recovery import ADAPTER_DIR, recover, save_model_and_adapter
