@@ -1,13 +1,12 @@
 """The mask evaluator: what a layer mask is worth on the calibration set, through the cache, counted.
 
 Every criterion asks this one object for real-model evaluations, so all of them share the cache and are counted the
-same way. The loss kernel is ``losses.py``, the cache ``cache.py``, shared prefixes ``prefix_sharing.py``; the names
-they export are re-exported here, where they used to live.
+same way. The loss kernel is ``losses.py``, the cache ``cache.py``, shared prefixes ``prefix_sharing.py``, the
+distribution over processes ``distributed.py``; the names they export are re-exported here, where they used to live.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +25,7 @@ from .cache import (
     model_fingerprint,
     run_fingerprint,
 )
+from .distributed import ProcessDealer
 from .losses import (
     DEFAULT_KL_TOP_K,
     MEASURE,
@@ -74,7 +74,9 @@ class MaskEvaluator:
     (top ``kl_top_k`` tokens plus the rest), which :meth:`loss` then returns; the dense distribution is computed once,
     in the full model's own evaluation, which counts as asked for and run (or in one extra pass, counted in
     ``reference_passes``, when that evaluation comes from the cache). ``verifier``, when set, is a second evaluator of the same model on a larger calibration
-    set, for re-scoring the few best sets (multi-fidelity verification).
+    set, for re-scoring the few best sets (multi-fidelity verification). ``dealer`` (or an ``accelerator`` of
+    several processes, from which a :class:`~.distributed.ProcessDealer` is built) distributes the uncached masks
+    over processes; ``share_prefixes`` lets one process run a group of masks from their shared prefixes.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class MaskEvaluator:
         show_progress: bool = True,
         run: Callable[[list[int]], MaskEvaluation] | None = None,
         accelerator: Any = None,
+        dealer: ProcessDealer | None = None,
         share_prefixes: bool = True,
         objective: str = "nll",
         kl_top_k: int = DEFAULT_KL_TOP_K,
@@ -118,16 +121,18 @@ class MaskEvaluator:
         self.num_run_here = 0  # forward passes run by this process (num_run counts those of all processes)
         self.requests: list[str] = []
         self._seen: set[str] = set()
-        # several processes (accelerate launch): each evaluates its share, results go through the cache
-        self.accelerator = accelerator if cache is not None and getattr(accelerator, "num_processes", 1) > 1 else None
+        # several processes (accelerate launch): a dealer gives each its share, results go through the cache
+        if dealer is None and cache is not None and getattr(accelerator, "num_processes", 1) > 1:
+            dealer = ProcessDealer(accelerator)
+        self.dealer = dealer if cache is not None else None
         self._fresh: set[str] = set()  # evaluated by some process during this run, not yet counted
         self._in_batch = False
         # called with (evaluation, cached) for every mask served for the first time in this run
         self.listeners: list[Callable[[MaskEvaluation, bool], None]] = []
         # called with a dict of numbers (and phase names) by the criteria: the search's progress
         self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
-        if self.accelerator is not None:
-            self._share_cache()
+        if self.dealer is not None:
+            self.dealer.share_cache(self.cache)
 
     def report(self, **values: Any) -> None:
         """A criterion's progress (phase, best verified loss, surrogate fit, ...) for the event listeners."""
@@ -215,7 +220,7 @@ class MaskEvaluator:
         """The evaluation of ``kept``: from the cache, or from ``run`` (a plain forward, or the prefix-sharing
         runner of ``evaluate_all``), counted and cached the same way whichever ran it."""
         self.references()  # the dense reference first: its pass is the full model's evaluation
-        if self.accelerator is not None and not self._in_batch:
+        if self.dealer is not None and not self._in_batch:
             self._evaluate_shares([kept])  # one process evaluates it, all get the same numbers
         key = kept_to_key(kept, self.num_layers)
         repeated = key in self._seen
@@ -269,7 +274,7 @@ class MaskEvaluator:
 
         masks = list(masks)
         self.references()
-        if self.accelerator is not None:
+        if self.dealer is not None:
             from ..surgery import kept_layers_from_mask
 
             self._evaluate_shares([kept_layers_from_mask(m, self.num_layers) for m in masks], desc)
@@ -314,48 +319,23 @@ class MaskEvaluator:
         return results
 
     # ------------------------------------------------------------------------------------------------------------
-    # several processes: every process runs the same criterion code in lockstep and asks for the same masks; the
-    # uncached ones are dealt out round-robin, one per process per round, and every round's results are gathered to
-    # all processes, so all of them hold identical evaluations (and make identical choices) while only the main
-    # process appends to the cache file, flushed after every round: a killed run loses at most one round.
-
-    def _share_cache(self) -> None:
-        """Give every process the main process's cache, so all agree on what is cached (no shared disk needed)."""
-        from accelerate.utils import broadcast_object_list
-
-        main = self.accelerator.is_main_process
-        if not main:
-            self.cache.persist = False  # one writer: the main process
-        payload = [self.cache.evaluations() if main else None]
-        broadcast_object_list(payload, from_process=0)
-        if not main:
-            self.cache.remember(payload[0])
+    # several processes: the dealer (distributed.py) hands each process its share; results go through the cache
 
     def _evaluate_shares(self, kept_sets: list[list[int]], desc: str = "Evaluating layer masks") -> None:
-        from accelerate.utils import gather_object
         from tqdm.auto import tqdm
 
         keys = [kept_to_key(kept, self.num_layers) for kept in kept_sets]
-        digests = gather_object([hashlib.sha256("|".join(keys).encode()).hexdigest()])
-        if len(set(digests)) > 1:
-            raise RuntimeError(
-                "the processes asked for different layer masks: their selections diverged (a model, data or "
-                "library difference between them); run every process with the same model, data and versions"
-            )
+        self.dealer.check_same_requests(keys)
         todo, queued = [], set()
         for kept, key in zip(kept_sets, keys):
             if key not in self.cache and key not in queued:
                 queued.add(key)
                 todo.append(kept)
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+
+        def record(gathered: list[MaskEvaluation]) -> None:
+            for evaluation in gathered:
+                self.cache.add(evaluation)
+                self._fresh.add(evaluation.mask)
+
         with tqdm(total=len(todo), desc=desc, unit="mask", disable=not self.show_progress or not todo) as progress:
-            for start in range(0, len(todo), world):
-                mine = []
-                if start + rank < len(todo):
-                    mine.append(self.run(todo[start + rank]))
-                    self.num_run_here += 1
-                gathered = gather_object(mine)
-                for evaluation in gathered:
-                    self.cache.add(evaluation)
-                    self._fresh.add(evaluation.mask)
-                progress.update(len(gathered))
+            self.num_run_here += self.dealer.run_shares(todo, self.run, record, progress)
