@@ -20,11 +20,13 @@ __all__ = [
     "LAYER_INDEX_RULES",
     "PER_LAYER_LIST_FIELDS",
     "BlockLayout",
+    "CONTEXT_LENGTH_FIELDS",
     "BuiltFromIndex",
     "CarriedPattern",
     "EveryKth",
     "PrefixCount",
     "UnsupportedArchitectureError",
+    "context_length",
     "find_decoder_layers",
     "get_decoder_config",
 ]
@@ -228,6 +230,30 @@ HEALING_LAYOUTS: dict[str, BlockLayout] = {
     # Mamba's block has one summand, the mixer's: it plays the MLP's part
     "mamba": BlockLayout(mlp_output="mixer", mlp_projection="mixer.out_proj", residual_writers=("mixer.out_proj",)),
 }
+
+
+CONTEXT_LENGTH_FIELDS: tuple[str, ...] = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+)
+"""Config fields holding the longest input a family's model takes, in the order they are read."""
+
+
+def context_length(model_or_config: nn.Module | PretrainedConfig) -> int | None:
+    """The longest input the decoder takes (the first positive ``CONTEXT_LENGTH_FIELDS`` value), None when the
+    config names none or the object is not a Transformers model."""
+    config = getattr(model_or_config, "config", None) if isinstance(model_or_config, nn.Module) else model_or_config
+    if config is None or not hasattr(config, "get_text_config"):
+        return None
+    config = config.get_text_config(decoder=True)
+    for name in CONTEXT_LENGTH_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def get_decoder_config(model_or_config: PreTrainedModel | PretrainedConfig) -> PretrainedConfig:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from transformers import HfArgumentParser
 
 from .config import ShapleyPruningConfig
+from .recovery import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, DEFAULT_SEQ_LENGTH
 
 __all__ = [
     "add_evaluate_arguments",
@@ -125,10 +126,16 @@ class RecoveryArguments:
     recover_text_column: str | None = field(
         default=None, metadata=_help("Column of --recover-dataset (default: text).")
     )
-    recover_steps: int | None = field(default=None, metadata=_help("Training steps (default 200)."))
-    recover_lr: float | None = field(default=None, metadata=_help("Learning rate (default 1e-4, as the paper)."))
-    recover_batch_size: int | None = field(default=None, metadata=_help("Blocks per step (default 8)."))
-    recover_seq_length: int | None = field(default=None, metadata=_help("Tokens per block (default 128)."))
+    recover_steps: int | None = field(default=None, metadata=_help(f"Training steps (default {DEFAULT_MAX_STEPS})."))
+    recover_lr: float | None = field(
+        default=None, metadata=_help(f"Learning rate (default {DEFAULT_LEARNING_RATE:g}, as the paper).")
+    )
+    recover_batch_size: int | None = field(
+        default=None, metadata=_help(f"Blocks per step (default {DEFAULT_BATCH_SIZE}).")
+    )
+    recover_seq_length: int | None = field(
+        default=None, metadata=_help(f"Tokens per block (default {DEFAULT_SEQ_LENGTH}).")
+    )
     recover_keep_adapter: bool = field(
         default=False,
         metadata=_help("Save the LoRA adapter in adapter/ beside the pruned weights instead of merging it."),
@@ -199,10 +206,10 @@ class RecoverArguments:
             "first positional argument)."
         ),
     )
-    steps: int = field(default=200, metadata=_help("Training steps."))
-    lr: float = field(default=1e-4, metadata=_help("Learning rate (the paper's)."))
-    batch_size: int = field(default=8, metadata=_help("Blocks per training step."))
-    seq_length: int = field(default=128, metadata=_help("Tokens per training block."))
+    steps: int = field(default=DEFAULT_MAX_STEPS, metadata=_help("Training steps."))
+    lr: float = field(default=DEFAULT_LEARNING_RATE, metadata=_help("Learning rate (the paper's)."))
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("Blocks per training step."))
+    seq_length: int = field(default=DEFAULT_SEQ_LENGTH, metadata=_help("Tokens per training block."))
     keep_adapter: bool = field(
         default=False, metadata=_help("Save the LoRA adapter in adapter/ instead of merging it.")
     )
@@ -470,10 +477,10 @@ def prune_recovery_kwargs(args: argparse.Namespace, seed: int) -> dict | None:
     return recovery_kwargs(
         flag="--recover-",
         dataset=args.recover_dataset,
-        steps=value("steps", 200),
-        lr=value("lr", 1e-4),
-        batch_size=value("batch_size", 8),
-        seq_length=value("seq_length", 128),
+        steps=value("steps", DEFAULT_MAX_STEPS),
+        lr=value("lr", DEFAULT_LEARNING_RATE),
+        batch_size=value("batch_size", DEFAULT_BATCH_SIZE),
+        seq_length=value("seq_length", DEFAULT_SEQ_LENGTH),
         keep_adapter=args.recover_keep_adapter,
         dataset_config=args.recover_dataset_config,
         text_column=value("text_column", "text"),

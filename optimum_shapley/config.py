@@ -16,6 +16,7 @@ from transformers.utils import PushToHubMixin
 
 from .game_values import ESTIMATORS
 from .registry import CRITERIA, DEFAULT_METHOD, methods_help
+from .surrogate import ACTIVATIONS, SURROGATE_FEATURES
 
 __all__ = [
     "CONFIG_NAME",
@@ -28,7 +29,6 @@ __all__ = [
 
 CONFIG_NAME = "shapley_pruning_config.json"
 UTILITIES = ("kl", "log_ppl_ratio", "ppl_ratio")
-ACTIVATIONS = ("celu", "relu", "gelu", "tanh", "silu")
 HEAL_METHODS = ("none", "linear", "scale")
 
 
@@ -314,8 +314,8 @@ class ShapleyPruningConfig(PushToHubMixin):
             fail("utility", f"must be one of {UTILITIES}, got {self.utility!r}")
         if self.estimator not in ESTIMATORS:
             fail("estimator", f"must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.surrogate_features not in ("mask", "mask+adjacent"):
-            fail("surrogate_features", f"must be 'mask' or 'mask+adjacent', got {self.surrogate_features!r}")
+        if self.surrogate_features not in SURROGATE_FEATURES:
+            fail("surrogate_features", f"must be one of {SURROGATE_FEATURES}, got {self.surrogate_features!r}")
         if self.surrogate_activation not in ACTIVATIONS:
             fail("surrogate_activation", f"must be one of {ACTIVATIONS}, got {self.surrogate_activation!r}")
         if not self.surrogate_learning_rate > 0:

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments, default_data_collator
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .architectures import get_decoder_config
+from .architectures import context_length
 from .config import ShapleyPruningConfig
 from .criteria import GameRecord, select_layers
 from .data import CalibrationDataset, build_calibration_dataset
@@ -36,15 +36,6 @@ logger = logging.getLogger(__name__)
 
 SURROGATE_DIR = "surrogate"
 """Sub-folder of a saved run holding the surrogate (its own config.json and card, never mixed with the model's)."""
-
-
-def _max_positions(model: PreTrainedModel) -> int | None:
-    config = get_decoder_config(model)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _config_blocks(tokenizer: Any, config: ShapleyPruningConfig, num_samples: int, seed: int) -> CalibrationDataset:
@@ -134,7 +125,7 @@ class ShapleyLayerPruner(Trainer):
             )
         self.surrogate = surrogate
 
-        max_positions = _max_positions(model)
+        max_positions = context_length(model)
         if max_positions is not None and pruning_config.seq_length > max_positions:
             raise ValueError(
                 f"ShapleyPruningConfig.seq_length={pruning_config.seq_length} exceeds the model's maximum of "

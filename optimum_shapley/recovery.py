@@ -45,6 +45,7 @@ ADAPTER_DIR = "adapter"
 DEFAULT_MAX_STEPS = 200
 DEFAULT_LEARNING_RATE = 1e-4  # the paper's (and LLM-Pruner's) LoRA learning rate
 DEFAULT_BATCH_SIZE = 8
+DEFAULT_SEQ_LENGTH = 128
 
 
 def _require_peft() -> Any:
@@ -277,7 +278,7 @@ def recover(
     max_steps: int | None = None,
     learning_rate: float | None = None,
     batch_size: int | None = None,
-    seq_length: int = 128,
+    seq_length: int = DEFAULT_SEQ_LENGTH,
     num_blocks: int | None = None,
     seed: int = 0,
     dataset_config_name: str | None = None,

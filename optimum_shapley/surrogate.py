@@ -26,11 +26,21 @@ from torch import nn
 
 from .encoding import mask_to_key
 
-__all__ = ["ShapleySurrogate", "SurrogateFit", "SurrogateMember", "spearman", "train_surrogate"]
+__all__ = [
+    "ACTIVATIONS",
+    "SURROGATE_FEATURES",
+    "ShapleySurrogate",
+    "SurrogateFit",
+    "SurrogateMember",
+    "spearman",
+    "train_surrogate",
+]
 
 SURROGATE_FEATURES = ("mask", "mask+adjacent")
 
 _ACTIVATIONS = {"celu": nn.CELU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+ACTIVATIONS = tuple(_ACTIVATIONS)
+"""The surrogate's hidden activations, by name (the config validates against this)."""
 
 
 SURROGATE_CARD_TEMPLATE = """---

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..architectures import context_length
 from ..data import prepended_bos_id
 from .losses import evaluate_batches
 
@@ -246,18 +247,6 @@ def _window_nll(
         model.train(was_training)
 
 
-def _max_positions(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "get_text_config"):
-        return None
-    config = config.get_text_config(decoder=True)
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def _ppl(mean_nll: float) -> float:
     return math.exp(mean_nll) if math.isfinite(mean_nll) else float("inf")
 
@@ -298,7 +287,7 @@ def perplexity_report(
 ) -> PerplexityReport:
     """``perplexity`` with its protocol: windows, predicted tokens, what was read, and how long it took."""
     start = time.perf_counter()
-    limit = _max_positions(model)
+    limit = context_length(model)
     if limit is not None and seq_length > limit:
         raise ValueError(f"seq_length {seq_length} exceeds the model's {limit} positions")
     text = text_source if isinstance(text_source, PerplexityText) else load_perplexity_text(text_source, data_dir)

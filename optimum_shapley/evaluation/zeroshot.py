@@ -58,17 +58,9 @@ def tokenize_request(tokenizer: Any, context: str, continuation: str) -> tuple[l
 
 
 def _max_length(model: nn.Module) -> int:
-    from ..architectures import get_decoder_config
+    from ..architectures import context_length
 
-    try:
-        config = get_decoder_config(model)
-    except AttributeError:  # not a transformers model
-        return DEFAULT_MAX_LENGTH
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return DEFAULT_MAX_LENGTH
+    return context_length(model) or DEFAULT_MAX_LENGTH
 
 
 def _accepts(model: nn.Module, name: str) -> bool:
