@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -72,7 +73,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "bench", "results"))
     parser.add_argument("--keep-cache", action="store_true", help="reuse an earlier run's mask cache")
+    parser.add_argument(
+        "--default-config",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help='a ShapleyPruningConfig field for the default\'s rows (repeatable; JSON values), e.g. estimator="local"',
+    )
     args = parser.parse_args()
+    args.default_overrides = {}
+    for item in args.default_config:
+        name, _, value = item.partition("=")
+        if name not in {f.name for f in dataclasses.fields(ShapleyPruningConfig)}:
+            parser.error(f"--default-config {item!r}: no ShapleyPruningConfig field {name!r}")
+        try:
+            args.default_overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            args.default_overrides[name] = value  # a bare string
+
     args.models = args.models.split(",") if args.models else (["smollm2-135m"] if args.quick else list(CELLS))
     args.methods = args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else METHODS)
     if "shapley" in args.methods:  # the default runs first: its budget sizes EvoPress's
@@ -208,7 +226,7 @@ def main() -> None:
         for removed in cells:
             default_cost = None
             for method in args.methods:
-                variants = [(method, {})]
+                variants = [(method, dict(args.default_overrides) if method == "shapley" else {})]
                 if method == "evopress" and default_cost is not None:
                     variants = [("evopress", {"max_evaluations": default_cost})]
                     if (alias, removed) in x2_cells:
@@ -229,7 +247,14 @@ def main() -> None:
             if reuse and removed == reuse[1] and reuse[0] in surrogates and "shapley" in args.methods:
                 before = _cached_seconds(cache_dir)
                 pruner, result, _ = run_method(
-                    bench, cache_dir, c4, "shapley", removed, args.num_samples, surrogate=surrogates[reuse[0]]
+                    bench,
+                    cache_dir,
+                    c4,
+                    "shapley",
+                    removed,
+                    args.num_samples,
+                    surrogate=surrogates[reuse[0]],
+                    **args.default_overrides,
                 )
                 record(make_row(alias, removed, f"shapley reuse {reuse[0]}", result, bench, before, pruner))
                 del pruner
@@ -320,12 +345,18 @@ def write_report(args, rows, dense, meta, total) -> None:
         + f" non-overlapping 128-token windows of the raw test set; calibration {args.num_samples} x 128 tokens of "
         f"c4_demo.json (the config's seed); {'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on "
         f"{os.cpu_count()} CPUs."
+        + (f" The default's rows ran with {args.default_overrides}." if args.default_overrides else "")
     )
     report_markdown(args.output_dir, "quality", table, note)
     if rows:
         plot(rows, dense, os.path.join(args.output_dir, "quality.png"))
     with open(os.path.join(args.output_dir, "quality.json"), "w", encoding="utf-8") as f:
-        info = {"quick": args.quick, "eval_windows": args.eval_windows, "num_samples": args.num_samples}
+        info = {
+            "quick": args.quick,
+            "eval_windows": args.eval_windows,
+            "num_samples": args.num_samples,
+            "default_overrides": args.default_overrides,
+        }
         info.update(seconds=total, torch=torch.__version__, cpus=os.cpu_count(), machine=platform.machine())
         info.update(models=meta, methods=args.methods, evopress_x2=args.evopress_x2)
         json.dump({"meta": info, "dense": dense, "rows": rows}, f, indent=2)
