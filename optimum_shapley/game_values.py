@@ -450,17 +450,20 @@ MEASURED_RIDGES = (1e-3, 1e-2, 1e-1, 1.0)
 """Ridge penalties tried (pseudo-observations: masks are 0/1 and values share the utility's unit)."""
 
 
-def _ridge(masks: np.ndarray, utilities: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(coefficients, exact leave-one-out residuals, inverse penalised Gram) of ``utilities ~ b + masks @ w``."""
+def _ridge(
+    masks: np.ndarray, utilities: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(coefficients, exact leave-one-out residuals, inverse penalised Gram, Gram) of ``utilities ~ b + masks @ w``."""
     rows, players = masks.shape
     design = np.hstack([np.ones((rows, 1)), masks])
+    gram = design.T @ design
     penalty = ridge * np.eye(players + 1)
     penalty[0, 0] = 0.0  # the intercept is not shrunk
-    inverse = np.linalg.pinv(design.T @ design + penalty)
+    inverse = np.linalg.pinv(gram + penalty)
     coefficients = inverse @ design.T @ utilities
     leverage = np.einsum("ij,jk,ik->i", design, inverse, design)
     residuals = (utilities - design @ coefficients) / np.maximum(1.0 - leverage, 1e-9)
-    return coefficients, residuals, inverse
+    return coefficients, residuals, inverse, gram
 
 
 def measured_values(
@@ -496,7 +499,7 @@ def measured_values(
             continue
         near = distance[inside] <= 2
         for ridge in ridges:
-            _, residuals, _ = _ridge(masks[inside].astype(np.float64), utilities[inside], float(ridge))
+            _, residuals, _, _ = _ridge(masks[inside].astype(np.float64), utilities[inside], float(ridge))
             score = float(np.mean(residuals[near] ** 2)) if near.any() else float(np.mean(residuals**2))
             if best is None or score < best[0] - 1e-15:
                 best = (score, radius, float(ridge))
@@ -507,10 +510,9 @@ def measured_values(
     _, radius, ridge = best
     inside = distance <= radius
     data = masks[inside].astype(np.float64)
-    coefficients, residuals, inverse = _ridge(data, utilities[inside], ridge)
-    design = np.hstack([np.ones((len(data), 1)), data])
+    coefficients, residuals, inverse, gram = _ridge(data, utilities[inside], ridge)
     noise = float(np.mean(residuals**2))  # leave-one-out: misfit of the linear game included, not only noise
-    covariance = noise * inverse @ (design.T @ design) @ inverse
+    covariance = noise * inverse @ gram @ inverse
     stderr = np.sqrt(np.clip(np.diag(covariance)[1:], 0.0, None))
     kept = data.sum(axis=1)
     # a kept player's marginal is read at |S| - 1 others, a removed player's at |S| (none is removed from the full set)
