@@ -9,9 +9,10 @@ Sets, per cell: ``angular`` (chosen here: one forward pass), ``sleb`` and the de
 ``DEFAULT_REMOVED`` (the quality bench's rows in docs/benchmarks.md), else it is chosen here through
 ``ShapleyLayerPruner`` on c4_demo.json as the quality bench does. Sets two methods share are healed once.
 Healing: ``heal_removed_layers`` on the dense model, then ``drop_layers`` (what ``ShapleyLayerPruner.prune`` does
-with ``heal=``), calibration ``--num-samples`` x 128 tokens of calibration/c4_demo.json (seed 0, the bench protocol
-of bench/common.py). ``scale``: Prune&Comp magnitude scalar per removed run. ``linear``: ReplaceMe least-squares map
-per run (ridge ``--ridge`` toward the identity, relative to the mean eigenvalue; 0 = plain least squares); on
+with ``heal=``), statistics on ``--heal-samples`` x 128 tokens of calibration/c4_demo.json (seed 0, the bench
+protocol of bench/common.py; default the config's ``heal_num_samples``). ``scale``: Prune&Comp magnitude scalar
+per removed run. ``linear``: ReplaceMe least-squares map per run, each token's error weighted by 1 / its target's squared norm (``--plain``: unweighted), ridge
+``--ridge`` toward the identity, relative to the mean eigenvalue (default the config's); on
 Gemma-3 its post-feedforward norm allows only a diagonal map (``linear`` is then the diagonal variant, as the
 table says). LoRA: ``recover`` (r=8, merged) for ``--lora-steps`` on c4_demo.json, alone and after ``linear``, on
 the ``--lora-sets`` (default: the default's set). Evaluation: WikiText-2 raw test, non-overlapping 128-token
@@ -43,10 +44,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, drop_layers  # noqa: E402
+from optimum_shapley.data import build_calibration_dataset  # noqa: E402
 from optimum_shapley.evaluation import perplexity_of_windows  # noqa: E402
 from optimum_shapley.healing import HealingNotExactError, heal_removed_layers  # noqa: E402
 from optimum_shapley.pruner import pruning_arguments  # noqa: E402
 from optimum_shapley.recovery import recover  # noqa: E402
+
+HEAL_DEFAULTS = ShapleyPruningConfig()
 
 DEFAULT_REMOVED = {
     ("smollm2-135m", 6, "shapley"): [13, 14, 15, 16, 17, 18],
@@ -77,7 +81,18 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--sets", default=",".join(SETS), help=f"whose sets to heal (default {','.join(SETS)})")
     parser.add_argument("--num-samples", type=int, default=10, help="calibration blocks of 128 tokens")
-    parser.add_argument("--ridge", type=float, default=1.0, help="linear: ridge toward the identity (0: plain LS)")
+    parser.add_argument(
+        "--ridge", type=float, default=HEAL_DEFAULTS.heal_ridge, help="linear: ridge toward the identity (0: none)"
+    )
+    parser.add_argument(
+        "--heal-samples",
+        type=int,
+        default=HEAL_DEFAULTS.heal_num_samples,
+        help="blocks of 128 tokens for the healing statistics (default: the config's; 0: the calibration set)",
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="linear: ReplaceMe's plain least squares (no per-token relative weights)"
+    )
     parser.add_argument("--lora-steps", type=int, default=None, help="LoRA steps (default 50; quick 10; 0: no LoRA)")
     parser.add_argument("--lora-batch-size", type=int, default=8, help="LoRA blocks of 128 tokens per step")
     parser.add_argument(
@@ -157,19 +172,39 @@ def choose_set(bench, c4: str, method: str, k: int, num_samples: int) -> tuple[l
     return sorted(result.removed_layers), seconds
 
 
-def _heal(bench, model, removed: list[int], method: str, ridge: float) -> tuple[dict, object]:
+_HEAL_BLOCKS: dict[tuple[str, int], object] = {}
+
+
+def _heal_blocks(bench, args: argparse.Namespace):
+    """The healing statistics' text: ``--heal-samples`` blocks of c4_demo.json (the pruner's ``heal_num_samples``)."""
+    if not args.heal_samples:
+        return bench.calibration
+    key = (bench.alias, args.heal_samples)
+    if key not in _HEAL_BLOCKS:
+        _, c4 = data_paths(args.data_dir)
+        _HEAL_BLOCKS[key] = build_calibration_dataset(
+            bench.tokenizer, c4, num_samples=args.heal_samples, seq_length=128, seed=0
+        )
+    return _HEAL_BLOCKS[key]
+
+
+def _heal(bench, model, removed: list[int], method: str, args: argparse.Namespace) -> tuple[dict, object]:
     """Heal ``model`` in place before its layers go; (options used, report). Raises HealingNotExactError."""
     family = model.config.get_text_config(decoder=True).model_type
-    options = {"ridge": ridge, "diagonal": family in POST_NORM_FAMILIES} if method == "linear" else {}
-    batches = DataLoader(bench.calibration, batch_size=bench.batch_size, collate_fn=default_data_collator)
+    options = (
+        {"ridge": args.ridge, "diagonal": family in POST_NORM_FAMILIES, "relative": not args.plain}
+        if method == "linear"
+        else {}
+    )
+    batches = DataLoader(_heal_blocks(bench, args), batch_size=bench.batch_size, collate_fn=default_data_collator)
     return options, heal_removed_layers(model, removed, batches, method=method, **options)
 
 
-def healed_ppl(bench, removed: list[int], method: str, ridge: float) -> dict:
+def healed_ppl(bench, removed: list[int], method: str, args: argparse.Namespace) -> dict:
     """Heal a copy of the dense model, drop the layers, measure WikiText-2: the numbers and the seconds each took."""
     model = copy.deepcopy(bench.model)
     try:
-        options, report = _heal(bench, model, removed, method, ridge)
+        options, report = _heal(bench, model, removed, method, args)
     except HealingNotExactError as error:
         return {"method": method, "refused": str(error)}
     drop_layers(model, removed)
@@ -194,7 +229,7 @@ def lora_ppl(bench, c4: str, removed: list[int], heal: str | None, args: argpars
     name, heal_seconds, options = "lora", 0.0, {}
     if heal:
         try:
-            options, report = _heal(bench, model, removed, heal, args.ridge)
+            options, report = _heal(bench, model, removed, heal, args)
         except HealingNotExactError as error:
             return {"method": f"{heal} + lora", "refused": str(error)}
         name, heal_seconds = f"{heal} + lora", report.seconds
@@ -336,7 +371,7 @@ def main() -> None:
                     if any(r["method"].replace(" (diagonal)", "") == column for r in healed):
                         continue
                     if column in ("scale", "linear"):
-                        result = healed_ppl(bench, removed, column, args.ridge)
+                        result = healed_ppl(bench, removed, column, args)
                     else:
                         result = lora_ppl(bench, c4, removed, "linear" if column != "lora" else None, args)
                     healed.append(result)
@@ -362,9 +397,10 @@ def main() -> None:
     note = (
         f"WikiText-2 raw test perplexity (first {rows[0]['eval_windows'] if rows else '?'} non-overlapping 128-token "
         f"windows per model) of the pruned model without healing, with each training-free healing, with LoRA alone "
-        f"and with linear healing followed by LoRA. Healing is fitted on {args.num_samples} x 128 tokens of "
-        f"c4_demo.json (seed 0) and folded into the kept weights (the checkpoint keeps its stock architecture): "
-        f"scale, the Prune&Comp magnitude scalar per removed run; linear, the ReplaceMe least-squares map per run, "
+        f"and with linear healing followed by LoRA. Healing is fitted on "
+        f"{args.heal_samples or args.num_samples} x 128 tokens of c4_demo.json (seed 0) and folded into the kept weights (the checkpoint keeps its stock architecture): "
+        f"scale, the Prune&Comp magnitude scalar per removed run; linear, the ReplaceMe least-squares map per run"
+        f"{' (plain)' if args.plain else ', each token weighted by 1 / its target squared norm'}, "
         f"ridge {args.ridge:g} toward the identity (relative to the mean eigenvalue), the diagonal variant on "
         f"Gemma-3 (its post-feedforward norm admits no exact full-matrix fold). LoRA: recover() (r=8, alpha 16, "
         f"merged), {args.lora_steps} steps x {args.lora_batch_size} x 128 tokens of c4_demo.json, lr 1e-4 (a reduced "
@@ -380,6 +416,8 @@ def main() -> None:
         meta = {
             "quick": args.quick,
             "num_samples": args.num_samples,
+            "heal_samples": args.heal_samples,
+            "relative": not args.plain,
             "ridge": args.ridge,
             "lora_steps": args.lora_steps,
             "lora_batch_size": args.lora_batch_size,

@@ -240,10 +240,26 @@ class ShapleyPruningConfig(PushToHubMixin):
         ),
     )
     heal_ridge: float = field(
-        default=1.0,
+        default=0.01,
         metadata=_help(
             "heal=linear: ridge toward the identity (the unhealed model), in units of the mean eigenvalue; 0 is "
-            "plain least squares, which overfits 10 x 128 calibration tokens."
+            "plain least squares. Measured on SmolLM2-135M without 10 layers, 256 x 128 tokens, relative weights: "
+            "0.01 best of 0.01 / 0.1 / 1 (docs/benchmarks.md)."
+        ),
+    )
+    heal_relative: bool = field(
+        default=True,
+        metadata=_help(
+            "heal=linear: weight each calibration token's squared error by 1 / its target's squared norm, so that "
+            "the few massive-activation positions of a real model do not decide the fit alone; False is "
+            "ReplaceMe's plain least squares."
+        ),
+    )
+    heal_num_samples: int = field(
+        default=256,
+        metadata=_help(
+            "Calibration blocks (of seq_length tokens, from the same text as the calibration set) for the healing "
+            "statistics: one forward pass, so far more than the search's; 0 uses the calibration set itself."
         ),
     )
     heal_diagonal: bool = field(
@@ -334,6 +350,10 @@ class ShapleyPruningConfig(PushToHubMixin):
             fail("heal_ridge", f"must be a finite number >= 0, got {ridge!r}")
         if self.heal_diagonal and self.heal != "linear":
             fail("heal_diagonal", f"applies to heal='linear', got heal={self.heal!r}")
+        if isinstance(self.heal_num_samples, bool) or not isinstance(self.heal_num_samples, int):
+            fail("heal_num_samples", f"must be an integer, got {self.heal_num_samples!r}")
+        if self.heal_num_samples < 0:
+            fail("heal_num_samples", f"must be >= 0 (0: the calibration set), got {self.heal_num_samples!r}")
 
     # --- derived settings
     def layers_to_remove(self, num_layers: int) -> int:

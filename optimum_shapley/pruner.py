@@ -453,6 +453,14 @@ class ShapleyLayerPruner(Trainer):
         finally:
             timings["speed"] = timings.get("speed", 0.0) + time.perf_counter() - start
 
+    def _healing_dataset(self) -> Any:
+        """``heal_num_samples`` blocks of the calibration text (the statistics take one forward pass, so many more
+        than the search evaluates on); the calibration set itself for 0, or when no tokenizer can draw more."""
+        config = self.pruning_config
+        if config.heal_num_samples in (0, len(self.calibration_dataset)) or self.processing_class is None:
+            return self.calibration_dataset
+        return _config_blocks(self.processing_class, config, config.heal_num_samples, config.seed)
+
     def _heal(self, removed: list[int], evaluate_calibration: bool, timings: dict[str, float]) -> dict[str, Any]:
         """Training-free healing (``pruning_config.heal``) on the still-dense model, then the removal; the report
         goes to ``config.layer_pruning`` and to the result, with the healed calibration perplexity when asked."""
@@ -460,13 +468,16 @@ class ShapleyLayerPruner(Trainer):
         from .healing import heal_removed_layers, record_healing
 
         config = self.pruning_config
+        linear = config.heal == "linear"
+        dataset = self._healing_dataset()
         report = heal_removed_layers(
             self.model,
             removed,
-            (self._prepare_inputs(batch) for batch in self._calibration_batches()),
+            (self._prepare_inputs(batch) for batch in self._calibration_batches(dataset)),
             method=config.heal,
-            ridge=config.heal_ridge if config.heal == "linear" else 0.0,
+            ridge=config.heal_ridge if linear else 0.0,
             diagonal=config.heal_diagonal,
+            relative=config.heal_relative and linear,
         )
         drop_layers(self.model, removed)
         record_healing(self.model, report)

@@ -303,6 +303,8 @@ def test_nothing_removed_is_a_no_op():
     [
         ({"method": "lora"}, HealingError, "unknown healing method 'lora'"),
         ({"ridge": -1.0}, HealingError, "ridge must be a finite number >= 0"),
+        ({"relative": 1}, HealingError, "relative must be True or False"),
+        ({"method": "scale", "relative": True}, HealingError, "apply to method='linear'"),
         ({"ridge": float("nan")}, HealingError, "ridge must be a finite number"),
         ({"diagonal": "yes"}, HealingError, "diagonal must be True or False"),
         ({"method": "scale", "diagonal": True}, HealingError, "apply to method='linear'"),
@@ -371,15 +373,32 @@ def _pruner(tmp_path, model, **overrides):
     )
 
 
+def test_pruner_heals_on_heal_num_samples_blocks_of_the_calibration_text(tmp_path):
+    """The statistics take one forward pass, so they get their own, larger sample of the same text."""
+    from optimum_shapley.pruner import _config_blocks
+
+    dense = tiny_model("llama")
+    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal="linear", heal_num_samples=6)
+    healing = pruner.prune().healing
+    assert healing["calibration_tokens"] == 6 * 16 and len(pruner.calibration_dataset) == 4
+    blocks = _config_blocks(pruner.processing_class, pruner.pruning_config, 6, pruner.pruning_config.seed)
+    expected = copy.deepcopy(dense)
+    heal_removed_layers(expected, [3, 4], [{"input_ids": blocks.input_ids}], ridge=0.01, relative=True)
+    drop_layers(expected, [3, 4])
+    inputs = tiny_inputs(seed=5)
+    torch.testing.assert_close(_logits(pruner.model, inputs), _logits(expected, inputs), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("heal", ["linear", "scale"])
 def test_pruner_heals_on_its_calibration_batches_before_removing(heal, tmp_path):
     dense = tiny_model("llama")
-    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal=heal)
+    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal=heal, heal_num_samples=0)  # 0: the calibration set
     result = pruner.prune()
     assert result.removed_layers == [3, 4]
     healing = result.healing
     assert healing["method"] == heal and [run["removed_layers"] for run in healing["runs"]] == [[3, 4]]
-    assert healing["ridge"] == (1.0 if heal == "linear" else 0.0)  # the config's default ridge for linear
+    assert healing["ridge"] == (0.01 if heal == "linear" else 0.0)  # the config's default ridge for linear
+    assert healing["relative"] is (heal == "linear")  # the config's default weighting, for linear only
     assert healing["calibration_tokens"] == 4 * 16 and healing["calibration_ppl_after"] > 1
     assert "healing" in result.timings
     assert pruner.model.config.layer_pruning["healing"]["method"] == heal
@@ -387,7 +406,7 @@ def test_pruner_heals_on_its_calibration_batches_before_removing(heal, tmp_path)
     # the same as healing by hand on the same calibration blocks, then dropping the layers
     batches = [{"input_ids": pruner.calibration_dataset.input_ids}]
     expected = copy.deepcopy(dense)
-    heal_removed_layers(expected, [3, 4], batches, method=heal, ridge=healing["ridge"])
+    heal_removed_layers(expected, [3, 4], batches, method=heal, ridge=healing["ridge"], relative=healing["relative"])
     drop_layers(expected, [3, 4])
     inputs = tiny_inputs(seed=5)
     torch.testing.assert_close(_logits(pruner.model, inputs), _logits(expected, inputs), rtol=1e-5, atol=1e-6)
@@ -456,14 +475,27 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     from optimum_shapley.cli import build_parser, main
 
     usage = build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
-    assert "--heal" in usage and "--heal_ridge" in usage and "--heal_diagonal" in usage
+    for flag in ("--heal", "--heal_ridge", "--heal_diagonal", "--heal_relative", "--heal_num_samples"):
+        assert flag in usage
 
     out = tmp_path / "out"
-    assert main(["prune", model_dir, "--output", str(out), "--heal", "linear", "--heal_ridge", "0.5", *CLI_FAST]) == 0
+    flags = ["--heal", "linear", "--heal_ridge", "0.5", "--heal_num_samples", "5"]
+    assert main(["prune", model_dir, "--output", str(out), *flags, *CLI_FAST]) == 0
     summary = capsys.readouterr().out
-    assert "healing" in summary and "linear (full, ridge 0.5), 1 run" in summary
+    assert "healing" in summary and "linear (full, relative, ridge 0.5), 1 run" in summary
     results = json.loads((out / "shapley_results.json").read_text())
     assert results["healing"]["method"] == "linear" and results["healing"]["ridge"] == 0.5
+    assert results["healing"]["relative"] is True and results["healing"]["calibration_batches"] >= 1
+    card = (out / "README.md").read_text()
+    assert "each token's squared error weighted by 1 / its target's squared norm" in card
+    assert "mean per-token relative squared error" in card
+
+    plain = tmp_path / "plain"
+    flags = ["--heal", "linear", "--heal_relative", "false", "--heal_num_samples", "0"]
+    assert main(["prune", model_dir, "--output", str(plain), *flags, *CLI_FAST]) == 0
+    assert "linear (full, ridge 0.01), 1 run" in capsys.readouterr().out
+    card = (plain / "README.md").read_text()
+    assert "weighted by" not in card and "mean per-token" not in card and "relative squared error" in card
     assert results["config"]["heal"] == "linear"
     config = json.loads((out / "config.json").read_text())
     assert config["layer_pruning"]["healing"]["runs"][0]["target"] == "layers.2.mlp.down_proj"
@@ -474,6 +506,7 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     [
         (["--heal", "bogus"], "heal: must be one of"),
         (["--heal", "scale", "--heal_diagonal"], "heal_diagonal: applies to heal='linear'"),
+        (["--heal", "linear", "--heal_num_samples", "-1"], "heal_num_samples: must be >= 0"),
     ],
 )
 def test_cli_bad_heal_flag_is_one_line(model_dir, tmp_path, capsys, args, message):
@@ -484,3 +517,79 @@ def test_cli_bad_heal_flag_is_one_line(model_dir, tmp_path, capsys, args, messag
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# relative weighting: the reported fit is the one the pruned model shows
+
+
+def _runs_of(removed: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for index in removed:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
+
+
+def _stream_errors(dense, healed, removed: list[int], calibration) -> list[tuple[float, float]]:
+    """Per run, measured with hooks between the healed pruned model's stream entering the first kept block after
+    the run and the dense model's stream there: (squared error over squared norm, both summed over tokens; the
+    mean over tokens of each token's squared error over its squared norm)."""
+    kept = [i for i in range(DEPTH) if i not in removed]
+    streams: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    def capture(key: tuple[str, int]):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            streams.setdefault(key, []).append(out.detach().double().reshape(-1, out.shape[-1]))
+
+        return hook
+
+    runs = _runs_of(removed)
+    d_parent, d_attr = find_decoder_layers(dense)
+    p_parent, p_attr = find_decoder_layers(healed)
+    handles = []
+    for run in runs:
+        handles.append(getattr(d_parent, d_attr)[run[-1]].register_forward_hook(capture(("dense", run[-1]))))
+        position = kept.index(run[0] - 1)
+        handles.append(getattr(p_parent, p_attr)[position].register_forward_hook(capture(("pruned", run[-1]))))
+    with torch.no_grad():
+        for batch in calibration:
+            dense(**batch)
+            healed(**batch)
+    for handle in handles:
+        handle.remove()
+    errors = []
+    for run in runs:
+        y, x = torch.cat(streams[("dense", run[-1])]), torch.cat(streams[("pruned", run[-1])])
+        e = ((x - y) ** 2).sum(1)
+        errors.append((float(e.sum() / (y**2).sum()), float((e / (y**2).sum(1)).mean())))
+    return errors
+
+
+CALIBRATION_192 = [tiny_inputs(batch=4, length=16, seed=s) for s in range(3)]  # 192 tokens > 32 channels: no exact fit
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
+def test_relative_weighting_stops_one_huge_token_from_deciding_the_fit(arch):
+    """A token with a hundredfold stream (as a massive-activation position of a real model) dominates plain least
+    squares; the relative objective weights each token by 1 / ||target||^2. What each reports is what the healed
+    model shows on its own measure, and on the per-token measure the relative fit is the better one."""
+    dense = tiny_model(arch)
+    diagonal = arch in POST_NORM
+    with torch.no_grad():
+        dense.get_input_embeddings().weight[CALIBRATION_192[0]["input_ids"][0, 0]] *= 100.0
+    measured = {}
+    for relative in (False, True):
+        model = copy.deepcopy(dense)
+        report = heal_removed_layers(model, [2, 3], CALIBRATION_192, ridge=0.01, relative=relative, diagonal=diagonal)
+        assert report.relative is relative
+        drop_layers(model, [2, 3])
+        errors = _stream_errors(dense, model, [2, 3], CALIBRATION_192)[0]
+        assert report.runs[0]["residual_after"] == pytest.approx(errors[1 if relative else 0], rel=1e-6)
+        assert report.runs[0]["residual_after"] < report.runs[0]["residual_before"]
+        measured[relative] = errors
+    assert measured[True][1] < measured[False][1]
+    assert measured[False][0] < measured[True][0]
