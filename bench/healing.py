@@ -11,10 +11,10 @@ Sets, per cell: ``angular`` (chosen here: one forward pass), ``sleb`` and the de
 Healing: ``heal_removed_layers`` on the dense model, then ``drop_layers`` (what ``ShapleyLayerPruner.prune`` does
 with ``heal=``), statistics on ``--heal-samples`` x 128 tokens of calibration/c4_demo.json (seed 0, the bench
 protocol of bench/common.py; default the config's ``heal_num_samples``). ``scale``: Prune&Comp magnitude scalar
-per removed run. ``linear``: ReplaceMe least-squares map per run, each token's error weighted by 1 / its target's squared norm (``--plain``: unweighted), ridge
-``--ridge`` toward the identity, relative to the mean eigenvalue (default the config's); on
-Gemma-3 its post-feedforward norm allows only a diagonal map (``linear`` is then the diagonal variant, as the
-table says). LoRA: ``recover`` (r=8, merged) for ``--lora-steps`` on c4_demo.json, alone and after ``linear``, on
+per removed run. ``linear``: ReplaceMe least-squares map per run, each token's error weighted by 1 / its target's
+squared norm (``--plain``: unweighted), ridge ``--ridge`` toward the identity, relative to the mean eigenvalue
+(default the config's); on Gemma-3 its post-feedforward norm allows only a diagonal map (``linear`` is then the
+diagonal variant, as the table says). LoRA: ``recover`` (r=8, merged) for ``--lora-steps`` on c4_demo.json, alone and after ``linear``, on
 the ``--lora-sets`` (default: the default's set). Evaluation: WikiText-2 raw test, non-overlapping 128-token
 windows, first ``--eval-windows``. The note states the issue's targets as measured.
 Writes bench/results/healing.json, healing.md and healing.partial.jsonl (one line per finished row).
@@ -398,7 +398,8 @@ def main() -> None:
         f"WikiText-2 raw test perplexity (first {rows[0]['eval_windows'] if rows else '?'} non-overlapping 128-token "
         f"windows per model) of the pruned model without healing, with each training-free healing, with LoRA alone "
         f"and with linear healing followed by LoRA. Healing is fitted on "
-        f"{args.heal_samples or args.num_samples} x 128 tokens of c4_demo.json (seed 0) and folded into the kept weights (the checkpoint keeps its stock architecture): "
+        f"{args.heal_samples or args.num_samples} x 128 tokens of c4_demo.json (seed 0) and folded into the kept "
+        f"weights (the checkpoint keeps its stock architecture): "
         f"scale, the Prune&Comp magnitude scalar per removed run; linear, the ReplaceMe least-squares map per run"
         f"{' (plain)' if args.plain else ', each token weighted by 1 / its target squared norm'}, "
         f"ridge {args.ridge:g} toward the identity (relative to the mean eigenvalue), the diagonal variant on "

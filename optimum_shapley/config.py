@@ -350,6 +350,8 @@ class ShapleyPruningConfig(PushToHubMixin):
             fail("heal_ridge", f"must be a finite number >= 0, got {ridge!r}")
         if self.heal_diagonal and self.heal != "linear":
             fail("heal_diagonal", f"applies to heal='linear', got heal={self.heal!r}")
+        if not isinstance(self.heal_relative, bool):
+            fail("heal_relative", f"must be True or False, got {self.heal_relative!r}")
         if isinstance(self.heal_num_samples, bool) or not isinstance(self.heal_num_samples, int):
             fail("heal_num_samples", f"must be an integer, got {self.heal_num_samples!r}")
         if self.heal_num_samples < 0:

@@ -22,7 +22,8 @@ dense hidden state entering block ``b + 1`` (the stream after block ``b``), ``m`
     massive-activation positions of a real model (stream norms 100x the rest) otherwise decide the fit alone. On
     SmolLM2-135M without 4, 5, 12-18, 26 (WikiText-2 222.21 unhealed): plain ridge 1 on 10 x 128 tokens 223.19;
     relative, ridge 0.01, 256 x 128 tokens 175.63. Fitting the runs in order (each on the model with the earlier
-    runs already cut and healed) measured worse there (199.56 against 188.24, 64 blocks, ridge 0.1) and is not offered. Folded exactly into the linear layer producing ``m``: for ``nn.Linear``
+    runs already cut and healed) measured worse there (199.56 against 188.24, 64 blocks, ridge 0.1) and is not
+    offered. Folded exactly into the linear layer producing ``m``: for ``nn.Linear``
     (``y = z W^T + c``), ``(z W^T + c) T = z (T^T W)^T + T^T c``, so ``W <- T^T W`` and ``c <- T^T c``; for GPT-2's
     ``Conv1D`` (``y = z W + c``), ``W <- W T`` and ``c <- c T``. Where a norm follows the projection (Gemma-2/3's
     ``post_feedforward_layernorm``, ``n(m') * (1 + w)``), only a diagonal ``T = diag(t)`` is exact, folded as
@@ -477,7 +478,7 @@ class _Collector:
         w = 1.0 / norms.clamp_min(1e-300) if self.relative else torch.ones_like(norms)
         _accumulate(run, "yy", (w * norms).sum())
         _accumulate(run, "rr", (w * (r * r).sum(1)).sum())
-        mw = m * w[:, None]
+        mw = m * w[:, None] if self.relative else m
         if self.diagonal:
             _accumulate(run, "mm_diag", (mw * m).sum(0))
             _accumulate(run, "mr_diag", (mw * r).sum(0))
@@ -719,7 +720,7 @@ def heal_removed_layers(
         ridge=float(ridge),
         diagonal=diagonal,
         statistic="mean_abs_ratio" if method == "scale" else "least_squares",
-        relative=relative and method == "linear",
+        relative=relative,  # False for scale: refused above
     )
 
 

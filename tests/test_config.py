@@ -31,6 +31,9 @@ from optimum_shapley.config import CONFIG_NAME, default_strata
         ({"num_layers_to_remove": 2, "surrogate_learning_rate": 0}, "surrogate_learning_rate"),
         ({"num_layers_to_remove": 2, "surrogate_momentum": 1.0}, "surrogate_momentum"),
         ({"num_layers_to_remove": 2, "surrogate_activation": "swish"}, "surrogate_activation"),
+        ({"num_layers_to_remove": 2, "heal": "linear", "heal_relative": "yes"}, "heal_relative"),
+        ({"num_layers_to_remove": 2, "heal": "linear", "heal_num_samples": 2.5}, "heal_num_samples"),
+        ({"num_layers_to_remove": 2, "heal": "linear", "heal_num_samples": -1}, "heal_num_samples"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):
