@@ -188,10 +188,17 @@ def _healing_section(result: PruningResult) -> str:
         return ""
     from .healing import describe_healing
 
-    calibration = (
-        f"{result.calibration.get('num_samples')} x {result.calibration.get('seq_length')} tokens of "
-        f"`{_source_name(result.calibration.get('source'))}`, the text that chose the layers"
-    )
+    source = f"`{_source_name(result.calibration.get('source'))}`"
+    seq_length = result.calibration.get("seq_length")
+    if result.healing.get("calibration_set", True):  # runs saved before heal_num_samples healed on it
+        calibration = (
+            f"{result.calibration.get('num_samples')} x {seq_length} tokens of {source}, the text that chose the layers"
+        )
+    else:
+        calibration = (
+            f"{result.healing.get('num_samples')} x {seq_length} tokens of {source}: healing's own sample "
+            "(heal_num_samples) of the text that chose the layers"
+        )
     return f"""## Healing
 
 {describe_healing(result.healing, calibration)}

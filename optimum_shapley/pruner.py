@@ -483,6 +483,7 @@ class ShapleyLayerPruner(Trainer):
         record_healing(self.model, report)
         timings["healing"] = report.seconds
         healing = report.to_dict()
+        healing.update(calibration_set=dataset is self.calibration_dataset, num_samples=len(dataset))
         if evaluate_calibration:
             nll, tokens = evaluate_batches(self.model, self._calibration_batches(), prepare=self._prepare_inputs)
             healing["calibration_ppl_after"] = math.exp(min(nll / max(tokens, 1), 700.0))

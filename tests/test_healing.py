@@ -489,6 +489,8 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     card = (out / "README.md").read_text()
     assert "each token's squared error weighted by 1 / its target's squared norm" in card
     assert "mean per-token relative squared error" in card
+    assert "5 x 16 tokens of `" in card and "healing's own sample (heal_num_samples)" in card
+    assert results["healing"]["calibration_set"] is False and results["healing"]["num_samples"] == 5
 
     plain = tmp_path / "plain"
     flags = ["--heal", "linear", "--heal_relative", "false", "--heal_num_samples", "0"]
@@ -496,6 +498,7 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     assert "linear (full, ridge 0.01), 1 run" in capsys.readouterr().out
     card = (plain / "README.md").read_text()
     assert "weighted by" not in card and "mean per-token" not in card and "relative squared error" in card
+    assert "4 x 16 tokens of `" in card and "the text that chose the layers" in card and "own sample" not in card
     assert results["config"]["heal"] == "linear"
     config = json.loads((out / "config.json").read_text())
     assert config["layer_pruning"]["healing"]["runs"][0]["target"] == "layers.2.mlp.down_proj"
