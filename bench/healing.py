@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import os
@@ -50,7 +51,8 @@ from optimum_shapley.healing import HealingNotExactError, heal_removed_layers  #
 from optimum_shapley.pruner import pruning_arguments  # noqa: E402
 from optimum_shapley.recovery import recover  # noqa: E402
 
-HEAL_DEFAULTS = ShapleyPruningConfig()
+HEAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ShapleyPruningConfig) if f.name.startswith("heal_")}
+"""The config's healing defaults (what ``optimum-shapley prune --heal linear`` uses): the bench's defaults too."""
 
 DEFAULT_REMOVED = {
     ("smollm2-135m", 6, "shapley"): [13, 14, 15, 16, 17, 18],
@@ -82,12 +84,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sets", default=",".join(SETS), help=f"whose sets to heal (default {','.join(SETS)})")
     parser.add_argument("--num-samples", type=int, default=10, help="calibration blocks of 128 tokens")
     parser.add_argument(
-        "--ridge", type=float, default=HEAL_DEFAULTS.heal_ridge, help="linear: ridge toward the identity (0: none)"
+        "--ridge", type=float, default=HEAL_DEFAULTS["heal_ridge"], help="linear: ridge toward the identity (0: none)"
     )
     parser.add_argument(
         "--heal-samples",
         type=int,
-        default=HEAL_DEFAULTS.heal_num_samples,
+        default=HEAL_DEFAULTS["heal_num_samples"],
         help="blocks of 128 tokens for the healing statistics (default: the config's; 0: the calibration set)",
     )
     parser.add_argument(
