@@ -29,6 +29,7 @@ __all__ = [
     "context_length",
     "find_decoder_layers",
     "get_decoder_config",
+    "parameter_counts",
 ]
 
 
@@ -335,3 +336,11 @@ def find_decoder_layers(model: PreTrainedModel) -> tuple[nn.Module, str]:
         "under model.get_decoder() or the model. Add its path to "
         "optimum_shapley.architectures.DECODER_LAYER_PATHS."
     )
+
+
+def parameter_counts(model: PreTrainedModel) -> list[int]:
+    """``[total, layer 0, layer 1, ...]``: the model's parameters (each shared tensor once, so tied embeddings
+    count once) and each decoder layer's; what a ``target_params`` budget is measured in."""
+    parent, attr = find_decoder_layers(model)
+    total = sum(p.numel() for p in model.parameters())
+    return [total] + [sum(p.numel() for p in layer.parameters()) for layer in getattr(parent, attr)]

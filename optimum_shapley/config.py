@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,7 @@ def _help(text: str, *aliases: str) -> dict[str, Any]:
 class ShapleyPruningConfig(PushToHubMixin):
     """Configuration of a Shapley layer-pruning run (saved as ``shapley_pruning_config.json``).
 
-    Set exactly one of ``num_layers_to_remove`` and ``pruning_ratio``. Parse it from the command line with
+    Set exactly one of ``num_layers_to_remove``, ``pruning_ratio`` and ``target_params``. Parse it from the command line with
     ``transformers.HfArgumentParser(ShapleyPruningConfig)``.
     """
 
@@ -83,6 +84,15 @@ class ShapleyPruningConfig(PushToHubMixin):
         default=None,
         metadata=_help(
             "Fraction of decoder layers to remove, rounded to the nearest count (or give --remove).", "--ratio"
+        ),
+    )
+    target_params: float | None = field(
+        default=None,
+        metadata=_help(
+            "Budget as a parameter fraction: the pruned model keeps at most this fraction of the dense model's "
+            "parameters (embeddings included), e.g. 0.75. Removes the fewest layers that meet it whichever layers "
+            "are chosen, so layers of different sizes (MoE, dense-first) never leave it unmet (or give --remove).",
+            "--target-params",
         ),
     )
     # --- calibration text
@@ -284,18 +294,24 @@ class ShapleyPruningConfig(PushToHubMixin):
 
         if self.method not in CRITERIA.names():
             fail("method", f"must be one of {CRITERIA.names()}, got {self.method!r}")
-        if (self.num_layers_to_remove is None) == (self.pruning_ratio is None):
+        targets = (self.num_layers_to_remove, self.pruning_ratio, self.target_params)
+        if sum(t is not None for t in targets) != 1:
             fail(
                 "num_layers_to_remove",
-                "set exactly one of num_layers_to_remove (--remove) and pruning_ratio (--ratio), "
-                f"got {self.num_layers_to_remove!r} and {self.pruning_ratio!r}",
+                "set exactly one of num_layers_to_remove (--remove), pruning_ratio (--ratio) and target_params "
+                f"(--target-params), got {self.num_layers_to_remove!r}, {self.pruning_ratio!r} and "
+                f"{self.target_params!r}",
             )
         if self.num_layers_to_remove is not None and (
             isinstance(self.num_layers_to_remove, bool) or self.num_layers_to_remove < 1
         ):
             fail("num_layers_to_remove", f"must be a positive integer, got {self.num_layers_to_remove!r}")
-        if self.pruning_ratio is not None and not 0.0 < self.pruning_ratio < 1.0:
-            fail("pruning_ratio", f"must be strictly between 0 and 1, got {self.pruning_ratio!r}")
+        for name in ("pruning_ratio", "target_params"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                fail(name, f"must be a number strictly between 0 and 1, got {value!r}")
+            if value is not None and not 0.0 < value < 1.0:
+                fail(name, f"must be strictly between 0 and 1, got {value!r}")
         for name in ("num_samples", "surrogate_hidden_multiplier", "surrogate_epochs", "surrogate_ensemble"):
             if getattr(self, name) < 1:
                 fail(name, f"must be at least 1, got {getattr(self, name)!r}")
@@ -358,14 +374,22 @@ class ShapleyPruningConfig(PushToHubMixin):
             fail("heal_num_samples", f"must be >= 0 (0: the calibration set), got {self.heal_num_samples!r}")
 
     # --- derived settings
-    def layers_to_remove(self, num_layers: int) -> int:
-        """Number of layers to remove from a model with ``num_layers`` decoder layers."""
+    def layers_to_remove(self, num_layers: int, layer_parameters: Sequence[int] | None = None) -> int:
+        """Number of layers to remove from a model with ``num_layers`` decoder layers.
+
+        ``target_params`` needs the model's sizes: ``layer_parameters`` is ``[total, layer 0, layer 1, ...]``
+        (``architectures.parameter_counts``), and the count is the fewest layers whose removal meets the fraction even if
+        the smallest layers are the ones chosen, so every criterion's choice keeps the promise."""
         count = self.num_layers_to_remove
-        if count is None:
+        if self.pruning_ratio is not None:
             count = int(round(self.pruning_ratio * num_layers))
+        elif self.target_params is not None:
+            count = self._count_for_parameters(num_layers, layer_parameters)
         if not 1 <= count < num_layers:
             target = (
-                f"num_layers_to_remove={count}" if self.pruning_ratio is None else f"pruning_ratio={self.pruning_ratio}"
+                f"num_layers_to_remove={count}"
+                if self.num_layers_to_remove is not None
+                else f"pruning_ratio={self.pruning_ratio}"
             )
             raise ValueError(
                 f"ShapleyPruningConfig: {target} asks to remove {count} of {num_layers} layers; "
@@ -373,20 +397,40 @@ class ShapleyPruningConfig(PushToHubMixin):
             )
         return count
 
+    def _count_for_parameters(self, num_layers: int, layer_parameters: Sequence[int] | None) -> int:
+        if layer_parameters is None or len(layer_parameters) != num_layers + 1:
+            raise ValueError(
+                "ShapleyPruningConfig.target_params needs the model's parameter counts ([total, layer 0, ...], "
+                "optimum_shapley.architectures.parameter_counts(model)) to turn a fraction into a layer count"
+            )
+        total, sizes = int(layer_parameters[0]), sorted(int(n) for n in layer_parameters[1:])
+        must_remove = total - math.floor(self.target_params * total)
+        removed = 0
+        for count, size in enumerate(sizes[:-1], start=1):  # at least one layer stays
+            removed += size
+            if removed >= must_remove:
+                return count
+        raise ValueError(
+            f"ShapleyPruningConfig.target_params={self.target_params}: keeping at most "
+            f"{self.target_params:.1%} of {total:,} parameters needs removing {must_remove:,}, but all decoder "
+            f"layers but one hold only {sum(sizes[:-1]):,} (the rest is embeddings and head); raise target_params"
+        )
+
     def resolved_num_masks(self, num_layers: int) -> int:
         """The random design's size for a model of ``num_layers`` layers: ``num_masks``, or twice the depth."""
         return self.num_masks if self.num_masks is not None else max(10, 2 * num_layers)
 
-    def resolved_max_evaluations(self, num_layers: int) -> int:
-        """The search's evaluation budget: ``max_evaluations``, or twice SLEB's cost at the target."""
+    def resolved_max_evaluations(self, num_layers: int, num_remove: int | None = None) -> int:
+        """The search's evaluation budget: ``max_evaluations``, or twice SLEB's cost at the target (``num_remove``
+        layers, by default the config's count)."""
         if self.max_evaluations is not None:
             return self.max_evaluations
-        return default_evaluation_budget(num_layers, self.layers_to_remove(num_layers))
+        return default_evaluation_budget(num_layers, num_remove or self.layers_to_remove(num_layers))
 
-    def resolved_strata(self, num_layers: int) -> list[int]:
+    def resolved_strata(self, num_layers: int, num_remove: int | None = None) -> list[int]:
         """The kept-layer counts to sample from for a model of ``num_layers`` layers (validated)."""
         if self.strata is None:
-            return default_strata(num_layers, self.layers_to_remove(num_layers))
+            return default_strata(num_layers, num_remove or self.layers_to_remove(num_layers))
         bad = [k for k in self.strata if not 1 <= k <= num_layers - 1]
         if bad:
             raise ValueError(

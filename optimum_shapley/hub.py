@@ -156,6 +156,19 @@ def _how_chosen(result: PruningResult, surrogate_repo_id: str | None) -> str:
     return "\n\n".join([opening, *game_paragraphs(result), surrogate_text])
 
 
+def _budget_note(result: PruningResult) -> str:
+    """What a parameter-fraction budget asked for and what the pruned model holds (empty for a layer count)."""
+    budget = result.parameter_budget
+    if not budget:
+        return ""
+    return (
+        f" The budget was a parameter fraction (`target_params={budget['target_fraction']}`): keep at most "
+        f"{budget['target_fraction']:.1%} of the {budget['dense_parameters']:,} parameters. {result.num_removed} "
+        f"layers is the fewest whose removal meets it whichever layers are chosen; the pruned model keeps "
+        f"{budget['pruned_parameters']:,} ({budget['fraction']:.1%})."
+    )
+
+
 def _weights_note(recovery: dict[str, Any], healing: dict[str, Any] | None = None) -> str:
     """What happened to the kept layers' weights, stated plainly (the card must not claim "unchanged" after LoRA)."""
     if healing:
@@ -351,7 +364,7 @@ tokenizer = AutoTokenizer.from_pretrained("<this repository>")
 |---|---|
 {summary}
 
-Removed layers (original indices): **{", ".join(map(str, result.removed_layers))}**.
+Removed layers (original indices): **{", ".join(map(str, result.removed_layers))}**.{_budget_note(result)}
 
 ## How the layers were chosen
 

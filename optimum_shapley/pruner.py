@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments, default_data_collator
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .architectures import context_length
+from .architectures import context_length, parameter_counts
 from .config import ShapleyPruningConfig
 from .criteria import GameRecord, select_layers
 from .data import CalibrationDataset, build_calibration_dataset
@@ -112,8 +112,11 @@ class ShapleyLayerPruner(Trainer):
         self.pruning_config = pruning_config
         detach_gguf_quantizer(model)
         self.num_layers = num_decoder_layers(model)
-        self.num_to_remove = pruning_config.layers_to_remove(self.num_layers)
-        pruning_config.resolved_strata(self.num_layers)  # a stratum this model cannot have fails before any work
+        # [total, layer 0, ...] when the budget is a parameter fraction: the count must meet it on this model
+        self._parameter_counts = parameter_counts(model) if pruning_config.target_params is not None else None
+        self.num_to_remove = pruning_config.layers_to_remove(self.num_layers, self._parameter_counts)
+        # a stratum this model cannot have fails before any work
+        pruning_config.resolved_strata(self.num_layers, self.num_to_remove)
         if pruning_config.heal != "none":  # refuse a family no removed set could heal before any work
             from .healing import check_healing_supported
 
@@ -343,6 +346,15 @@ class ShapleyLayerPruner(Trainer):
         if reference_passes:
             details["reference_passes"] = reference_passes  # dense passes that only rebuilt the KL reference
         self._pruned = True
+        parameter_budget = {}
+        if self._parameter_counts is not None:  # the budget was a parameter fraction: what the pruned model holds
+            kept_parameters = sum(p.numel() for p in self.model.parameters())
+            parameter_budget = {
+                "target_fraction": config.target_params,
+                "dense_parameters": self._parameter_counts[0],
+                "pruned_parameters": kept_parameters,
+                "fraction": kept_parameters / self._parameter_counts[0],
+            }
         timings["total"] = time.perf_counter() - start
         dataset = self.calibration_dataset
         self.result = PruningResult(
@@ -386,6 +398,7 @@ class ShapleyLayerPruner(Trainer):
             weights_source=str(getattr(self.model, "weights_source", "") or ""),
             healing=healing,
             speed=speed,
+            parameter_budget=parameter_budget,
         )
         self._log_result(self.result)
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)

@@ -12,6 +12,10 @@ __all__ = ["RESULTS_NAME", "PruningResult"]
 RESULTS_NAME = "shapley_results.json"
 
 
+def _count(parameters: int) -> str:
+    return f"{parameters / 1e6:,.1f}M" if parameters >= 1e6 else f"{parameters:,}"
+
+
 @dataclass
 class PruningResult:
     """Per-layer contributions, the chosen layers, the evidence behind them and what it cost.
@@ -61,6 +65,8 @@ class PruningResult:
     value_check: dict[str, Any] = field(default_factory=dict)  # {"spearman", "num_evaluations", "new_evaluations"}
     speed: dict[str, Any] = field(default_factory=dict)  # throughput.speed_comparison (or {"error": ...})
     healing: dict[str, Any] = field(default_factory=dict)  # healing.HealingReport.to_dict() when heal != "none"
+    # target_params runs: {"target_fraction", "dense_parameters", "pruned_parameters", "fraction"}
+    parameter_budget: dict[str, Any] = field(default_factory=dict)
 
     @property
     def played_game(self) -> bool:
@@ -102,6 +108,17 @@ class PruningResult:
             ("base model", self.base_model),
             ("method", method),
             ("layers", f"{self.num_layers} -> {self.num_layers - self.num_removed} ({self.num_removed} removed)"),
+        ]
+        if self.parameter_budget:
+            budget = self.parameter_budget
+            rows.append(
+                (
+                    "parameter budget",
+                    f"keep at most {budget['target_fraction']:.1%}: {_count(budget['dense_parameters'])} -> "
+                    f"{_count(budget['pruned_parameters'])} ({budget['fraction']:.1%} kept)",
+                )
+            )
+        rows += [
             ("removed layers", ", ".join(map(str, self.removed_layers))),
             (
                 "calibration perplexity",

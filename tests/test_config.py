@@ -87,3 +87,39 @@ def test_hf_argument_parser():
     )
     (config,) = parser.parse_dict({"pruning_ratio": 0.3})
     assert config.pruning_ratio == 0.3
+
+
+def test_parameter_fraction_removes_the_fewest_layers_that_meet_it_whatever_is_chosen():
+    # [total, layer sizes...]: keeping 75% of 1000 means removing 250; the smallest layers (100, 100) fall short,
+    # so 3 layers, which meet it even if the criterion picks the three smallest
+    sizes = [1000, 100, 300, 100, 200]
+    assert ShapleyPruningConfig(target_params=0.75).layers_to_remove(4, sizes) == 3
+    assert ShapleyPruningConfig(target_params=0.9).layers_to_remove(4, sizes) == 1
+    assert ShapleyPruningConfig(target_params=0.8).layers_to_remove(4, sizes) == 2  # exactly 200 = 1000 - 800
+    with pytest.raises(ValueError, match="needs the model's parameter counts"):
+        ShapleyPruningConfig(target_params=0.75).layers_to_remove(4)
+    with pytest.raises(ValueError, match="raise target_params"):  # 600 embeddings/head + one layer always stay
+        ShapleyPruningConfig(target_params=0.5).layers_to_remove(4, sizes)
+    # the budget and strata need the count, not the fraction
+    config = ShapleyPruningConfig(target_params=0.75)
+    assert config.resolved_strata(30, 6) == default_strata(30, 6)
+    assert config.resolved_max_evaluations(30, 6) == ShapleyPruningConfig(
+        num_layers_to_remove=6
+    ).resolved_max_evaluations(30)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_params": 1.0},
+        {"target_params": 0.0},
+        {"target_params": True},
+        {"target_params": "0.75"},
+        {"target_params": 0.75, "num_layers_to_remove": 2},
+        {"target_params": 0.75, "pruning_ratio": 0.2},
+    ],
+)
+def test_bad_parameter_fraction_is_refused(kwargs):
+    field = "target_params" if len(kwargs) == 1 else "num_layers_to_remove"
+    with pytest.raises(ValueError, match=f"ShapleyPruningConfig.{field}"):
+        ShapleyPruningConfig(**kwargs)

@@ -177,7 +177,7 @@ class _Game:
         self.evaluations: dict[str, Any] = {}  # key -> MaskEvaluation, in first-seen order
         self.phase_of: dict[str, str] = {}
         self.spent: dict[str, int] = {}
-        self.budget = config.resolved_max_evaluations(self.num_layers)
+        self.budget = config.resolved_max_evaluations(self.num_layers, num_remove)
         self.extra_passes = 0  # one-pass statistics (peers), counted like an evaluation
         self.verification_equivalents = 0.0
         self.surrogate: ShapleySurrogate | None = None
@@ -389,7 +389,7 @@ class ShapleyCriterion(LayerCriterion):
                 f"utility='kl' needs a MaskEvaluator with objective='kl' (it measures the KL to the dense model), "
                 f"got objective={evaluator.objective!r}"
             )
-        strata = config.resolved_strata(num_layers)
+        strata = config.resolved_strata(num_layers, num_remove)
         game = _Game(evaluator, config, num_remove, strata, metadata)
         if surrogate is not None:
             if surrogate.num_layers != num_layers:
