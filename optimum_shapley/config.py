@@ -272,6 +272,14 @@ class ShapleyPruningConfig(PushToHubMixin):
             "statistics: one forward pass, so far more than the search's; 0 uses the calibration set itself."
         ),
     )
+    heal_aware: bool = field(
+        default=False,
+        metadata=_help(
+            "Healing-aware selection: the shapley game's best verified sets (verify_top) are each healed on the "
+            "healing sample and re-scored healed (on the verification blocks, else the calibration set), and the "
+            "best healed set is removed. Costs one healing pass and one evaluation per set."
+        ),
+    )
     heal_diagonal: bool = field(
         default=False,
         metadata=_help(
@@ -366,6 +374,14 @@ class ShapleyPruningConfig(PushToHubMixin):
             fail("heal_ridge", f"must be a finite number >= 0, got {ridge!r}")
         if self.heal_diagonal and self.heal != "linear":
             fail("heal_diagonal", f"applies to heal='linear', got heal={self.heal!r}")
+        if not isinstance(self.heal_aware, bool):
+            fail("heal_aware", f"must be True or False, got {self.heal_aware!r}")
+        if self.heal_aware and (self.heal == "none" or self.method != "shapley"):
+            fail(
+                "heal_aware",
+                "chooses among the shapley game's verified sets by their healed loss: it needs method='shapley' and "
+                f"heal='linear' or 'scale', got method={self.method!r}, heal={self.heal!r}",
+            )
         if not isinstance(self.heal_relative, bool):
             fail("heal_relative", f"must be True or False, got {self.heal_relative!r}")
         if isinstance(self.heal_num_samples, bool) or not isinstance(self.heal_num_samples, int):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["FOUND_BY", "game_paragraphs", "game_summary_rows"]
+__all__ = ["FOUND_BY", "game_paragraphs", "game_summary_rows", "heal_selection_paragraph", "heal_selection_summary"]
 
 FOUND_BY = {
     "peer:angular": "angular distance's contiguous block (one forward pass), verified on the model",
@@ -43,19 +43,77 @@ def _loss_name(game: dict[str, Any]) -> str:
     return "KL to the dense model" if game.get("objective") == "kl" else "NLL"
 
 
-def _chosen_text(game: dict[str, Any], num_removed: int) -> str:
+def _changed(result: Any) -> bool:
+    """Healing-aware selection removed another set than the game chose: the game's sentences are about its own."""
+    return bool((getattr(result, "heal_selection", None) or {}).get("changed"))
+
+
+def _game_choice(result: Any) -> str:
+    """How the game's sentences name the set the game chose."""
+    if _changed(result):
+        return f"The game's own choice ({_layers(result.heal_selection['game_choice'])})"
+    return "The removed set"
+
+
+def _chosen_text(game: dict[str, Any], num_removed: int, subject: str = "The removed set") -> str:
     found = FOUND_BY.get(game.get("chosen_by", ""), game.get("chosen_by", ""))
     if game.get("chosen_on") == "verification":
         top = [s for s in game.get("top_sets", []) if s.get("verifier_loss") is not None]
         return (
-            f"The removed set came from {found}; it had the lowest loss on the {game.get('verification_blocks')} "
+            f"{subject} came from {found}; it had the lowest loss on the {game.get('verification_blocks')} "
             f"verification blocks among the {len(top)} best verified sets re-scored there."
         )
     if game.get("chosen_on") == "calibration":
-        return f"The removed set came from {found}; it had the lowest calibration loss of all verified sets."
+        return f"{subject} came from {found}; it had the lowest calibration loss of all verified sets."
     if game.get("chosen_by") == "lowest values":
         return f"The {num_removed} layers with the lowest values were removed, without verifying the set."
-    return f"The removed set came from {found}; it was not evaluated on the model (unverified)."
+    return f"{subject} came from {found}; it was not evaluated on the model (unverified)."
+
+
+def _healed_scores(selection: dict[str, Any]) -> str:
+    where = "verification" if selection.get("scored_on") == "verification" else "calibration"
+    return f"{selection.get('num_blocks')} {where} blocks"
+
+
+def heal_selection_summary(result: Any) -> list[tuple[str, str]]:
+    """The summary row of healing-aware selection (empty when it did not run)."""
+    selection = getattr(result, "heal_selection", None) or {}
+    if not selection:
+        return []
+    chosen = next(c for c in selection["candidates"] if c["removed"] == selection["chosen"])
+    text = (
+        f"{len(selection['candidates'])} verified sets healed and scored on {_healed_scores(selection)}: "
+        f"{_layers(selection['chosen'])} best healed (loss {_fmt(chosen['healed_loss'])}, unhealed "
+        f"{_fmt(chosen['loss'])})"
+    )
+    text += (
+        f"; the game had chosen {_layers(selection['game_choice'])}" if selection["changed"] else "; the game's choice"
+    )
+    return [("heal-aware selection", text)]
+
+
+def heal_selection_paragraph(result: Any) -> str:
+    """The card's account of healing-aware selection, with every candidate's score (empty when it did not run)."""
+    selection = getattr(result, "heal_selection", None) or {}
+    if not selection:
+        return ""
+    loss = "KL to the dense model" if selection.get("objective") == "kl" else "NLL"
+    outcome = (
+        f"it removed {_layers(selection['chosen'])} instead of the game's choice {_layers(selection['game_choice'])}"
+        if selection["changed"]
+        else "the game's own choice stayed best healed"
+    )
+    lines = [f"| removed layers | {loss} | {loss} healed |", "|---|---:|---:|"]
+    for item in selection["candidates"]:
+        mark = " (removed)" if item["removed"] == selection["chosen"] else ""
+        lines.append(f"| {_layers(item['removed'])}{mark} | {_fmt(item['loss'])} | {_fmt(item['healed_loss'])} |")
+    return (
+        f"Healing-aware selection: the game's {len(selection['candidates'])} best verified sets were each healed "
+        f"(as the removed set is, on the same sample) and scored healed on {_healed_scores(selection)}; the best "
+        f"healed set was removed, so {outcome}. Cost: {selection['healing_passes']} healing passes and "
+        f"{selection['healed_evaluations']} healed evaluations ({selection['tokens']:,} tokens, "
+        f"{selection['seconds']:.1f} s), included in the method's cost.\n\n" + "\n".join(lines)
+    )
 
 
 def game_summary_rows(result: Any) -> list[tuple[str, str]]:
@@ -64,10 +122,11 @@ def game_summary_rows(result: Any) -> list[tuple[str, str]]:
     if not game:
         return []
     low, high = (game.get("coalition_sizes") or [None, None])[:2]
+    own = "game's choice " if _changed(result) else ""
     rows = [
-        ("chosen by", FOUND_BY.get(game.get("chosen_by", ""), game.get("chosen_by", ""))),
+        (f"{own}chosen by", FOUND_BY.get(game.get("chosen_by", ""), game.get("chosen_by", ""))),
         (
-            "chosen on",
+            f"{own}chosen on",
             {"verification": "verification blocks", "calibration": "calibration blocks"}.get(
                 game.get("chosen_on"), "surrogate (unverified)"
             ),
@@ -79,15 +138,16 @@ def game_summary_rows(result: Any) -> list[tuple[str, str]]:
     ]
     lowest = game.get("lowest_value_set")
     if game.get("lowest_value_is_chosen"):
-        rows.append(("k lowest values", "exactly the removed set"))
+        rows.append(("k lowest values", "exactly the game's choice" if own else "exactly the removed set"))
     elif lowest:
         rows.append(("k lowest values", f"{_layers(lowest['removed'])}: loss {_fmt(lowest['loss'])} (not chosen)"))
     check = result.value_check or {}
+    checked_at = "the game's choice" if own else "the chosen set"
     if check:
         rows.append(
             (
                 "value check",
-                f"Spearman {_fmt(check.get('spearman'), '.3f')} with real marginals at the chosen set "
+                f"Spearman {_fmt(check.get('spearman'), '.3f')} with real marginals at {checked_at} "
                 f"({check.get('num_evaluations')} evaluations, {check.get('new_evaluations')} new)",
             )
         )
@@ -110,7 +170,8 @@ def game_paragraphs(result: Any) -> list[str]:
         return []
     loss = _loss_name(game)
     low, high = (game.get("coalition_sizes") or [None, None])[:2]
-    paragraphs = [_chosen_text(game, result.num_removed)]
+    subject = _game_choice(result)
+    paragraphs = [_chosen_text(game, result.num_removed, subject)]
     measured = game.get("values_estimator") == "measured"
     if measured:
         values = (
@@ -137,16 +198,18 @@ def game_paragraphs(result: Any) -> list[str]:
     paragraphs.append(values)
     lowest = game.get("lowest_value_set")
     if game.get("lowest_value_is_chosen"):
-        paragraphs.append(f"The {result.num_removed} lowest values are exactly the removed layers.")
+        which = "the game's own choice" if _changed(result) else "the removed layers"
+        paragraphs.append(f"The {result.num_removed} lowest values are exactly {which}.")
     elif lowest:
         paragraphs.append(
             f"The {result.num_removed} lowest values ({_layers(lowest['removed'])}) give a calibration {loss} of "
             f"{_fmt(lowest['loss'])}; they were not removed."
         )
     check = result.value_check or {}
+    checked_at = "the game's own choice" if _changed(result) else "the chosen set"
     if check:
         paragraphs.append(
-            f"Value check: at the chosen set, each layer's real marginal (remove each kept layer, add back each "
+            f"Value check: at {checked_at}, each layer's real marginal (remove each kept layer, add back each "
             f"removed one: {check.get('num_evaluations')} evaluations, {check.get('new_evaluations')} of them new) "
             f"has a Spearman rank correlation of {_fmt(check.get('spearman'), '.3f')} with its value."
         )
@@ -171,4 +234,6 @@ def game_paragraphs(result: Any) -> list[str]:
                 "verification blocks"
             )
         paragraphs.append(text + f". The search stopped: {game.get('stopped')}.")
+    if heal_selection_paragraph(result):
+        paragraphs.append(heal_selection_paragraph(result))
     return paragraphs

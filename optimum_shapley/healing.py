@@ -70,6 +70,7 @@ __all__ = [
     "heal_removed_layers",
     "healing_summary",
     "record_healing",
+    "temporarily_healed",
 ]
 
 HEALING_METHODS = ("linear", "scale")
@@ -722,6 +723,27 @@ def heal_removed_layers(
         statistic="mean_abs_ratio" if method == "scale" else "least_squares",
         relative=relative,  # False for scale: refused above
     )
+
+
+@contextlib.contextmanager
+def temporarily_healed(
+    model: nn.Module, removed_layers: Sequence[int], calibration_batches: Iterable[Mapping[str, Any]], **options: Any
+):
+    """:func:`heal_removed_layers` for the length of a ``with`` block, then the weights it changed put back: for
+    scoring a candidate set as it would be healed (healing-aware selection) without keeping its patch. Yields the
+    report. Only the parameters the patch writes are copied, not the model."""
+    parent, attr = find_decoder_layers(model)
+    blocks = getattr(parent, attr)
+    kept = _kept_from_remove(list(removed_layers), len(blocks))
+    runs = _runs([i for i in range(len(blocks)) if i not in set(kept)])
+    _, layout = _layout(model)
+    touched = _touched_parameters(model, blocks, kept, runs, layout, options.get("method", "linear"))
+    backup = [param.detach().clone() for param in touched]
+    try:
+        yield heal_removed_layers(model, removed_layers, calibration_batches, **options)
+    finally:
+        for param, saved in zip(touched, backup):
+            _set(param, saved)
 
 
 def _apply(model, blocks, kept, run: _Run, fit: Any, layout: BlockLayout, method: str) -> None:

@@ -310,6 +310,10 @@ class ShapleyLayerPruner(Trainer):
         game = record.game.to_dict() if record is not None else {}
         fit = record.surrogate_fit if record is not None else None
         removed = choice.removed_layers
+        heal_selection: dict[str, Any] = {}
+        if config.heal_aware and record is not None and record.game is not None:
+            removed, heal_selection = self._choose_healed(record.game, removed)
+            timings["heal_selection"] = heal_selection["seconds"]
         kept = [i for i in range(self.num_layers) if i not in removed]
 
         ppl_before = ppl_after = None
@@ -385,7 +389,7 @@ class ShapleyLayerPruner(Trainer):
             selection_evaluations=choice.num_model_evaluations,
             selection_seconds=choice.seconds,
             verification_evaluations=choice.num_verification_evaluations,
-            tokens_processed=choice.tokens_processed,
+            tokens_processed=choice.tokens_processed + heal_selection.get("tokens", 0),
             game=game,
             value_check=(
                 {k: game["value_check"][k] for k in ("spearman", "num_evaluations", "new_evaluations")}
@@ -399,6 +403,7 @@ class ShapleyLayerPruner(Trainer):
             healing=healing,
             speed=speed,
             parameter_budget=parameter_budget,
+            heal_selection=heal_selection,
         )
         self._log_result(self.result)
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
@@ -474,24 +479,65 @@ class ShapleyLayerPruner(Trainer):
             return self.calibration_dataset
         return _config_blocks(self.processing_class, config, config.heal_num_samples, config.seed)
 
+    def _healing_options(self) -> dict[str, Any]:
+        config = self.pruning_config
+        linear = config.heal == "linear"
+        return {
+            "method": config.heal,
+            "ridge": config.heal_ridge if linear else 0.0,
+            "diagonal": config.heal_diagonal,
+            "relative": config.heal_relative and linear,
+        }
+
+    def _healing_batches(self, dataset: Any):
+        return (self._prepare_inputs(batch) for batch in self._calibration_batches(dataset))
+
+    def _choose_healed(self, evidence: Any, removed: list[int]) -> tuple[list[int], dict[str, Any]]:
+        """Healing-aware selection: the game's best verified sets, each healed on the healing sample and scored
+        healed on the verification blocks (else the calibration set); the best healed set wins. Every patch is
+        taken back after its score (only the weights it wrote are copied), so the model leaves here dense."""
+        from .healing import temporarily_healed
+
+        start = time.perf_counter()
+        candidates = [list(s.removed) for s in evidence.top_sets[: self.pruning_config.verify_top]]
+        if removed not in candidates:
+            candidates.insert(0, list(removed))
+        scorer = self.evaluator.verifier if self.evaluator.verifier is not None else self.evaluator
+        scorer.references()  # the dense reference from the unhealed model, before any patch
+        dataset = self._healing_dataset()
+        rows = []
+        for candidate in candidates:
+            kept = [i for i in range(self.num_layers) if i not in candidate]
+            loss = scorer.loss(scorer(kept))  # the unhealed score (re-scored sets come from the cache)
+            with temporarily_healed(self.model, candidate, self._healing_batches(dataset), **self._healing_options()):
+                healed = scorer.loss(scorer.forward(kept))
+            rows.append({"removed": candidate, "loss": loss, "healed_loss": healed})
+        best = min(range(len(rows)), key=lambda i: (rows[i]["healed_loss"], i))
+        chosen = rows[best]["removed"]
+        tokens_per_block = int(torch.as_tensor(dataset[0]["input_ids"]).numel())
+        return chosen, {
+            "scored_on": "verification" if scorer is not self.evaluator else "calibration",
+            "num_blocks": len(self.verification_dataset if scorer is not self.evaluator else self.calibration_dataset),
+            "objective": scorer.objective,
+            "candidates": rows,
+            "game_choice": list(removed),
+            "chosen": chosen,
+            "changed": chosen != list(removed),
+            "healing_passes": len(rows),
+            "healed_evaluations": len(rows),
+            # each candidate: a dense pass over the healing sample and an evaluation of the healed set
+            "tokens": len(rows) * (len(dataset) * tokens_per_block + scorer.tokens_per_mask),
+            "seconds": time.perf_counter() - start,
+        }
+
     def _heal(self, removed: list[int], evaluate_calibration: bool, timings: dict[str, float]) -> dict[str, Any]:
         """Training-free healing (``pruning_config.heal``) on the still-dense model, then the removal; the report
         goes to ``config.layer_pruning`` and to the result, with the healed calibration perplexity when asked."""
         from .evaluation.losses import evaluate_batches
         from .healing import heal_removed_layers, record_healing
 
-        config = self.pruning_config
-        linear = config.heal == "linear"
         dataset = self._healing_dataset()
-        report = heal_removed_layers(
-            self.model,
-            removed,
-            (self._prepare_inputs(batch) for batch in self._calibration_batches(dataset)),
-            method=config.heal,
-            ridge=config.heal_ridge if linear else 0.0,
-            diagonal=config.heal_diagonal,
-            relative=config.heal_relative and linear,
-        )
+        report = heal_removed_layers(self.model, removed, self._healing_batches(dataset), **self._healing_options())
         drop_layers(self.model, removed)
         record_healing(self.model, report)
         timings["healing"] = report.seconds

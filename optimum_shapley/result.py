@@ -67,6 +67,8 @@ class PruningResult:
     healing: dict[str, Any] = field(default_factory=dict)  # healing.HealingReport.to_dict() when heal != "none"
     # target_params runs: {"target_fraction", "dense_parameters", "pruned_parameters", "fraction"}
     parameter_budget: dict[str, Any] = field(default_factory=dict)
+    # heal_aware runs: the game's best sets scored healed, {"candidates", "game_choice", "chosen", "changed", ...}
+    heal_selection: dict[str, Any] = field(default_factory=dict)
 
     @property
     def played_game(self) -> bool:
@@ -130,9 +132,10 @@ class PruningResult:
                 ("surrogate held-out R^2", fmt(fit.get("validation_r2"))),
                 ("surrogate held-out Spearman", fmt(fit.get("validation_spearman"))),
             ]
-        from .game_report import game_summary_rows
+        from .game_report import game_summary_rows, heal_selection_summary
 
         rows += game_summary_rows(self)
+        rows += heal_selection_summary(self)
         cost = f"{self.selection_evaluations} model evaluations"
         if self.verification_evaluations:
             cost += f" + {self.verification_evaluations} on the verification blocks"
