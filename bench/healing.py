@@ -61,6 +61,8 @@ DEFAULT_REMOVED = {
     ("smollm2-135m", 10, "sleb"): [4, 5, 12, 13, 14, 15, 16, 17, 18, 26],
     ("gemma3-270m", 4, "shapley"): [7, 8, 9, 14],
     ("gemma3-270m", 4, "sleb"): [4, 7, 8, 9],
+    ("gemma3-270m", 6, "shapley"): [7, 8, 9, 14, 15, 17],
+    ("gemma3-270m", 6, "sleb"): [4, 6, 7, 8, 9, 16],
 }
 """The ``shapley`` and ``sleb`` rows of the quality bench in docs/benchmarks.md (10 x 128 tokens of c4_demo.json).
 A set that is in neither this table nor ``quality.json`` is chosen here, through ``ShapleyLayerPruner`` as the
