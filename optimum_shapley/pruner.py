@@ -505,6 +505,7 @@ class ShapleyLayerPruner(Trainer):
         scorer = self.evaluator.verifier if self.evaluator.verifier is not None else self.evaluator
         scorer.references()  # the dense reference from the unhealed model, before any patch
         dataset = self._healing_dataset()
+        runs_before = scorer.num_run  # unhealed scores not yet measured there (usually none: re-scored already)
         rows = []
         for candidate in candidates:
             kept = [i for i in range(self.num_layers) if i not in candidate]
@@ -525,8 +526,11 @@ class ShapleyLayerPruner(Trainer):
             "changed": chosen != list(removed),
             "healing_passes": len(rows),
             "healed_evaluations": len(rows),
-            # each candidate: a dense pass over the healing sample and an evaluation of the healed set
-            "tokens": len(rows) * (len(dataset) * tokens_per_block + scorer.tokens_per_mask),
+            "unhealed_evaluations": scorer.num_run - runs_before,
+            # each candidate: a dense pass over the healing sample and an evaluation of the healed set (plus any
+            # unhealed score that had to be measured)
+            "tokens": len(rows) * (len(dataset) * tokens_per_block + scorer.tokens_per_mask)
+            + (scorer.num_run - runs_before) * scorer.tokens_per_mask,
             "seconds": time.perf_counter() - start,
         }
 

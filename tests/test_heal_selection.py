@@ -108,6 +108,7 @@ def test_the_best_healed_set_is_removed_and_healed_as_it_was_scored(heal_aware_r
     inputs = tiny_inputs(seed=5)
     torch.testing.assert_close(_logits(pruner.model, inputs), _logits(expected, inputs), rtol=1e-5, atol=1e-6)
     # its cost is in the method's: each candidate's healing pass and healed evaluation
+    assert selection["unhealed_evaluations"] == 0  # the candidates were re-scored on the verification blocks
     assert selection["tokens"] == len(candidates) * (6 * 16 + 8 * 16)
     assert result.tokens_processed >= selection["tokens"] and "heal_selection" in result.timings
 
