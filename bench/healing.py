@@ -46,10 +46,13 @@ from transformers import default_data_collator  # noqa: E402
 
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, drop_layers  # noqa: E402
 from optimum_shapley.data import build_calibration_dataset  # noqa: E402
-from optimum_shapley.evaluation import perplexity_of_windows  # noqa: E402
+from optimum_shapley.evaluation import MaskEvaluator, perplexity_of_windows  # noqa: E402
 from optimum_shapley.healing import HealingNotExactError, heal_removed_layers  # noqa: E402
 from optimum_shapley.pruner import pruning_arguments  # noqa: E402
 from optimum_shapley.recovery import recover  # noqa: E402
+
+CHECK_BLOCKS = {f.name: f.default for f in dataclasses.fields(ShapleyPruningConfig)}["verify_samples"]
+"""Held-out blocks for the healing check: the pruner checks on its verification blocks, this many."""
 
 HEAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ShapleyPruningConfig) if f.name.startswith("heal_")}
 """The config's healing defaults (what ``optimum-shapley prune --heal linear`` uses): the bench's defaults too."""
@@ -96,6 +99,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--plain", action="store_true", help="linear: ReplaceMe's plain least squares (no per-token relative weights)"
+    )
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="fold every run's patch (default: the config's heal_check, each run kept only where it lowers the KL "
+        "to the dense model on 40 held-out blocks of c4_demo.json, seed 1, as the pruner's verification blocks)",
     )
     parser.add_argument("--lora-steps", type=int, default=None, help="LoRA steps (default 50; quick 10; 0: no LoRA)")
     parser.add_argument("--lora-batch-size", type=int, default=8, help="LoRA blocks of 128 tokens per step")
@@ -201,7 +210,40 @@ def _heal(bench, model, removed: list[int], method: str, args: argparse.Namespac
         else {}
     )
     batches = DataLoader(_heal_blocks(bench, args), batch_size=bench.batch_size, collate_fn=default_data_collator)
+    if not args.no_check:
+        options = {**options, **_check(bench, model, removed, args)}
     return options, heal_removed_layers(model, removed, batches, method=method, **options)
+
+
+_CHECKS: dict[str, tuple] = {}
+
+
+def _check(bench, model, removed: list[int], args: argparse.Namespace) -> dict:
+    """The pruner's ``heal_check`` on this copy: KL to the dense model on 40 held-out blocks (the verification
+    blocks' size; seed 1, not the healing sample's 0), the removed layers skipped; one dense reference per model."""
+    if bench.alias not in _CHECKS:
+        _, c4 = data_paths(args.data_dir)
+        blocks = build_calibration_dataset(bench.tokenizer, c4, num_samples=CHECK_BLOCKS, seq_length=128, seed=1)
+        dense = _check_evaluator(bench.model, blocks, bench)
+        _CHECKS[bench.alias] = (blocks, dense.references())
+    blocks, references = _CHECKS[bench.alias]
+    evaluator = _check_evaluator(model, blocks, bench)
+    evaluator._references = references  # the dense model's, as the pruner shares its run's reference
+    kept = [i for i in range(bench.depth) if i not in removed]
+    return {
+        "check": lambda: evaluator.loss(evaluator.forward(kept)),
+        "check_description": f"KL to the dense model on the {CHECK_BLOCKS} held-out blocks",
+    }
+
+
+def _check_evaluator(model, blocks, bench) -> MaskEvaluator:
+    return MaskEvaluator(
+        model,
+        lambda: DataLoader(blocks, batch_size=bench.batch_size, collate_fn=default_data_collator),
+        num_layers=bench.depth,
+        show_progress=False,
+        objective="kl",
+    )
 
 
 def healed_ppl(bench, removed: list[int], method: str, args: argparse.Namespace) -> dict:
@@ -221,6 +263,7 @@ def healed_ppl(bench, removed: list[int], method: str, args: argparse.Namespace)
         "eval_seconds": time.perf_counter() - start,
         "calibration_tokens": report.calibration_tokens,
         "runs": report.runs,
+        "check": report.check,
     }
     del model
     gc.collect()
@@ -230,7 +273,7 @@ def healed_ppl(bench, removed: list[int], method: str, args: argparse.Namespace)
 def lora_ppl(bench, c4: str, removed: list[int], heal: str | None, args: argparse.Namespace) -> dict:
     """LoRA (``recover``, merged) on a pruned copy, healed first when ``heal`` is given: WikiText-2 and seconds."""
     model = copy.deepcopy(bench.model)
-    name, heal_seconds, options = "lora", 0.0, {}
+    name, heal_seconds, options, report = "lora", 0.0, {}, None
     if heal:
         try:
             options, report = _heal(bench, model, removed, heal, args)
@@ -260,6 +303,8 @@ def lora_ppl(bench, c4: str, removed: list[int], heal: str | None, args: argpars
         "train_loss_last": recovery.train_loss_last,
         "eval_seconds": time.perf_counter() - start,
     }
+    if report is not None:
+        row.update(runs=report.runs, check=report.check)
     del model, recovery
     gc.collect()
     return row
@@ -273,7 +318,10 @@ def _cell_text(row: dict | None) -> str:
         return "-"
     if "refused" in row:
         return "refused"
-    return f"{row['wikitext2_ppl']:.2f}" + (" (diag.)" if "diagonal" in row["method"] else "")
+    notes = (["diag."] if "diagonal" in row["method"] else []) + (
+        [f"{sum(run['folded'] for run in row['runs'])}/{len(row['runs'])} runs"] if row.get("check") else []
+    )
+    return f"{row['wikitext2_ppl']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _seconds(row: dict | None) -> str:
@@ -407,7 +455,15 @@ def main() -> None:
         f"scale, the Prune&Comp magnitude scalar per removed run; linear, the ReplaceMe least-squares map per run"
         f"{' (plain)' if args.plain else ', each token weighted by 1 / its target squared norm'}, "
         f"ridge {args.ridge:g} toward the identity (relative to the mean eigenvalue), the diagonal variant on "
-        f"Gemma-3 (its post-feedforward norm admits no exact full-matrix fold). LoRA: recover() (r=8, alpha 16, "
+        f"Gemma-3 (its post-feedforward norm admits no exact full-matrix fold). "
+        + (
+            "Every patch was folded (--no-check). "
+            if args.no_check
+            else f"Checked (the config's heal_check): each run's patch folded only where it lowers the KL to the dense "
+            f"model on {CHECK_BLOCKS} held-out blocks of c4_demo.json (seed 1), the helpful ones added best first while "
+            "it falls; 'k/n runs' says how many were folded. "
+        )
+        + f"LoRA: recover() (r=8, alpha 16, "
         f"merged), {args.lora_steps} steps x {args.lora_batch_size} x 128 tokens of c4_demo.json, lr 1e-4 (a reduced "
         f"budget: the recovery bench runs 200 steps), on the sets of {', '.join(args.lora_sets)} only. 's' is the "
         f"healing statistics pass plus the fit, plus the LoRA training. Sets: {', '.join(args.sets)}; "
@@ -424,6 +480,7 @@ def main() -> None:
             "heal_samples": args.heal_samples,
             "relative": not args.plain,
             "ridge": args.ridge,
+            "check": not args.no_check,
             "lora_steps": args.lora_steps,
             "lora_batch_size": args.lora_batch_size,
             "lora_sets": args.lora_sets,

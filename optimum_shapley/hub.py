@@ -171,6 +171,10 @@ def _budget_note(result: PruningResult) -> str:
 
 def _weights_note(recovery: dict[str, Any], healing: dict[str, Any] | None = None) -> str:
     """What happened to the kept layers' weights, stated plainly (the card must not claim "unchanged" after LoRA)."""
+    from .healing import folded_runs
+
+    if healing and not folded_runs(healing):
+        healing = None  # fitted, checked and not folded: the kept weights are the original ones (see *Healing*)
     if healing:
         method = healing.get("method")
         healed = f"The kept layers' weights were changed by training-free `{method}` healing (see *Healing*)"
@@ -292,6 +296,8 @@ def build_model_card(
     """The pruned model's card: what was removed, how it was chosen, what it measured, and its limits. The base
     model is named by ``result.base_model_name``, else :func:`checkpoint_name` of ``result.base_model``: a run on
     a local folder or ``.gguf`` file writes no machine path."""
+    from .healing import folded_runs
+
     kept = result.num_layers - result.num_removed
     name = result.base_model_name or checkpoint_name(result.base_model)
     calibration_source = str((result.config or {}).get("dataset_name") or "")  # a Hub id, a file, or None
@@ -305,7 +311,7 @@ def build_model_card(
         pipeline_tag="text-generation",
         tags=["optimum-shapley", "layer-pruning", "pruning", f"method-{result.method}"]
         + (["lora-recovery"] if result.recovery else [])
-        + ([f"healing-{result.healing.get('method')}"] if result.healing else []),
+        + ([f"healing-{result.healing.get('method')}"] if folded_runs(result.healing) else []),
     )
     summary = "\n".join(
         f"| {label} | {name if label == 'base model' else value} |" for label, value in result.summary_rows()

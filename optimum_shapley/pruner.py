@@ -492,6 +492,21 @@ class ShapleyLayerPruner(Trainer):
     def _healing_batches(self, dataset: Any):
         return (self._prepare_inputs(batch) for batch in self._calibration_batches(dataset))
 
+    def _healing_check(self, scorer: MaskEvaluator, kept: list[int]) -> dict[str, Any]:
+        """``heal_check``'s arguments for ``heal_removed_layers``: the run's objective on the scorer's blocks (the
+        verification blocks, else the calibration set) with only ``kept`` layers; empty when the check is off."""
+        if not self.pruning_config.heal_check:
+            return {}
+        scorer.references()  # the dense reference, from the unhealed model, before any patch
+        verification = scorer is not self.evaluator
+        blocks = self.verification_dataset if verification else self.calibration_dataset
+        measure = "KL to the dense model" if scorer.objective == "kl" else "the mean NLL"
+        return {
+            "check": lambda: scorer.loss(scorer.forward(kept)),
+            "check_description": f"{measure} on the {len(blocks)} {'verification' if verification else 'calibration'} "
+            "blocks",
+        }
+
     def _choose_healed(self, evidence: Any, removed: list[int]) -> tuple[list[int], dict[str, Any]]:
         """Healing-aware selection: the game's best verified sets, each healed on the healing sample and scored
         healed on the verification blocks (else the calibration set); the best healed set wins. Every patch is
@@ -510,9 +525,15 @@ class ShapleyLayerPruner(Trainer):
         for candidate in candidates:
             kept = [i for i in range(self.num_layers) if i not in candidate]
             loss = scorer.loss(scorer(kept))  # the unhealed score (re-scored sets come from the cache)
-            with temporarily_healed(self.model, candidate, self._healing_batches(dataset), **self._healing_options()):
-                healed = scorer.loss(scorer.forward(kept))
-            rows.append({"removed": candidate, "loss": loss, "healed_loss": healed})
+            check = self._healing_check(scorer, kept)  # healed as the final healing would heal it
+            with temporarily_healed(
+                self.model, candidate, self._healing_batches(dataset), **self._healing_options(), **check
+            ) as report:
+                healed = report.check["healed_loss"] if check else scorer.loss(scorer.forward(kept))
+            row = {"removed": candidate, "loss": loss, "healed_loss": healed}
+            if check:
+                row.update(folded=[run["folded"] for run in report.runs], check_evaluations=report.check["evaluations"])
+            rows.append(row)
         best = min(range(len(rows)), key=lambda i: (rows[i]["healed_loss"], i))
         chosen = rows[best]["removed"]
         tokens_per_block = int(torch.as_tensor(dataset[0]["input_ids"]).numel())
@@ -525,11 +546,12 @@ class ShapleyLayerPruner(Trainer):
             "chosen": chosen,
             "changed": chosen != list(removed),
             "healing_passes": len(rows),
-            "healed_evaluations": len(rows),
+            "healed_evaluations": sum(row.get("check_evaluations", 1) for row in rows),
             "unhealed_evaluations": scorer.num_run - runs_before,
             # each candidate: a dense pass over the healing sample and an evaluation of the healed set (plus any
             # unhealed score that had to be measured)
-            "tokens": len(rows) * (len(dataset) * tokens_per_block + scorer.tokens_per_mask)
+            "tokens": len(rows) * len(dataset) * tokens_per_block
+            + sum(row.get("check_evaluations", 1) for row in rows) * scorer.tokens_per_mask
             + (scorer.num_run - runs_before) * scorer.tokens_per_mask,
             "seconds": time.perf_counter() - start,
         }
@@ -541,7 +563,13 @@ class ShapleyLayerPruner(Trainer):
         from .healing import heal_removed_layers, record_healing
 
         dataset = self._healing_dataset()
-        report = heal_removed_layers(self.model, removed, self._healing_batches(dataset), **self._healing_options())
+        scorer = self.evaluator.verifier if self.evaluator.verifier is not None else self.evaluator
+        check = self._healing_check(scorer, [i for i in range(self.num_layers) if i not in removed])
+        report = heal_removed_layers(
+            self.model, removed, self._healing_batches(dataset), **self._healing_options(), **check
+        )
+        if check:
+            report.check["tokens"] = report.check["evaluations"] * scorer.tokens_per_mask
         drop_layers(self.model, removed)
         record_healing(self.model, report)
         timings["healing"] = report.seconds

@@ -60,13 +60,26 @@ def _pruner(tmp_path, model, **overrides):
     )
 
 
-@pytest.fixture(scope="module")
-def heal_aware_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["unchecked", "checked"])
+def heal_aware_run(tmp_path_factory, request):
     tmp_path = tmp_path_factory.mktemp("heal-aware")
     dense = tiny_model("llama")
-    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal_aware=True)
+    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal_aware=True, heal_check=request.param)
     result = pruner.prune()
     return dense, pruner, result, Path(pruner.save_pretrained(tmp_path / "out"))
+
+
+def _folded_layers(candidate: dict) -> list[int]:
+    """The candidate's removed layers in the runs its check folded (all of them without the check)."""
+    runs: list[list[int]] = []
+    for layer in candidate["removed"]:
+        if runs and runs[-1][-1] == layer - 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    folded = candidate.get("folded", [True] * len(runs))
+    assert len(folded) == len(runs)
+    return [layer for run, keep in zip(runs, folded) for layer in run if keep]
 
 
 def test_the_best_healed_set_is_removed_and_healed_as_it_was_scored(heal_aware_run):
@@ -86,7 +99,7 @@ def test_the_best_healed_set_is_removed_and_healed_as_it_was_scored(heal_aware_r
     for candidate in candidates:
         healed = copy.deepcopy(dense)
         heal_removed_layers(
-            healed, candidate["removed"], [{"input_ids": heal_blocks.input_ids}], ridge=0.01, relative=True
+            healed, _folded_layers(candidate), [{"input_ids": heal_blocks.input_ids}], ridge=0.01, relative=True
         )
         reference = MaskEvaluator(
             copy.deepcopy(dense),
@@ -98,18 +111,27 @@ def test_the_best_healed_set_is_removed_and_healed_as_it_was_scored(heal_aware_r
         reference.model = healed
         kept = [i for i in range(6) if i not in candidate["removed"]]
         assert reference.loss(reference.forward(kept)) == pytest.approx(candidate["healed_loss"], rel=1e-5)
+        if config.heal_check:  # a checked candidate is scored as the final healing heals it: never above unhealed
+            assert candidate["healed_loss"] <= candidate["loss"] + 1e-6
+            assert candidate["check_evaluations"] >= 1 + len(candidate["folded"])
 
-    # the model that comes out is the chosen set healed once: no candidate's patch was left behind
+    # the model that comes out is the chosen set healed once (with the runs its check folds): no candidate's patch
+    # was left behind
+    chosen = next(c for c in candidates if c["removed"] == result.removed_layers)
+    if config.heal_check:
+        assert [run["folded"] for run in result.healing["runs"]] == chosen["folded"]
     expected = copy.deepcopy(dense)
     heal_removed_layers(
-        expected, result.removed_layers, [{"input_ids": heal_blocks.input_ids}], ridge=0.01, relative=True
+        expected, _folded_layers(chosen), [{"input_ids": heal_blocks.input_ids}], ridge=0.01, relative=True
     )
     drop_layers(expected, result.removed_layers)
     inputs = tiny_inputs(seed=5)
     torch.testing.assert_close(_logits(pruner.model, inputs), _logits(expected, inputs), rtol=1e-5, atol=1e-6)
     # its cost is in the method's: each candidate's healing pass and healed evaluation
     assert selection["unhealed_evaluations"] == 0  # the candidates were re-scored on the verification blocks
-    assert selection["tokens"] == len(candidates) * (6 * 16 + 8 * 16)
+    evaluations = sum(c.get("check_evaluations", 1) for c in candidates)
+    assert selection["healed_evaluations"] == evaluations
+    assert selection["tokens"] == len(candidates) * 6 * 16 + evaluations * 8 * 16
     assert result.tokens_processed >= selection["tokens"] and "heal_selection" in result.timings
 
 

@@ -378,7 +378,7 @@ def test_pruner_heals_on_heal_num_samples_blocks_of_the_calibration_text(tmp_pat
     from optimum_shapley.pruner import _config_blocks
 
     dense = tiny_model("llama")
-    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal="linear", heal_num_samples=6)
+    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal="linear", heal_num_samples=6, heal_check=False)
     healing = pruner.prune().healing
     assert healing["calibration_tokens"] == 6 * 16 and len(pruner.calibration_dataset) == 4
     blocks = _config_blocks(pruner.processing_class, pruner.pruning_config, 6, pruner.pruning_config.seed)
@@ -392,7 +392,8 @@ def test_pruner_heals_on_heal_num_samples_blocks_of_the_calibration_text(tmp_pat
 @pytest.mark.parametrize("heal", ["linear", "scale"])
 def test_pruner_heals_on_its_calibration_batches_before_removing(heal, tmp_path):
     dense = tiny_model("llama")
-    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal=heal, heal_num_samples=0)  # 0: the calibration set
+    # 0: the calibration set; unchecked, so that every run is folded (the check has its own tests)
+    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal=heal, heal_num_samples=0, heal_check=False)
     result = pruner.prune()
     assert result.removed_layers == [3, 4]
     healing = result.healing
@@ -475,11 +476,11 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     from optimum_shapley.cli import build_parser, main
 
     usage = build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
-    for flag in ("--heal", "--heal_ridge", "--heal_diagonal", "--heal_relative", "--heal_num_samples"):
+    for flag in ("--heal", "--heal_ridge", "--heal_diagonal", "--heal_relative", "--heal_num_samples", "--heal_check"):
         assert flag in usage
 
     out = tmp_path / "out"
-    flags = ["--heal", "linear", "--heal_ridge", "0.5", "--heal_num_samples", "5"]
+    flags = ["--heal", "linear", "--heal_ridge", "0.5", "--heal_num_samples", "5", "--heal_check", "false"]
     assert main(["prune", model_dir, "--output", str(out), *flags, *CLI_FAST]) == 0
     summary = capsys.readouterr().out
     assert "healing" in summary and "linear (full, relative, ridge 0.5), 1 run" in summary
@@ -493,7 +494,7 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     assert results["healing"]["calibration_set"] is False and results["healing"]["num_samples"] == 5
 
     plain = tmp_path / "plain"
-    flags = ["--heal", "linear", "--heal_relative", "false", "--heal_num_samples", "0"]
+    flags = ["--heal", "linear", "--heal_relative", "false", "--heal_num_samples", "0", "--heal_check", "false"]
     assert main(["prune", model_dir, "--output", str(plain), *flags, *CLI_FAST]) == 0
     assert "linear (full, ridge 0.01), 1 run" in capsys.readouterr().out
     card = (plain / "README.md").read_text()
