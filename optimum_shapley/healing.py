@@ -113,6 +113,7 @@ class HealingReport:
     # with ``check``: {"description", "unhealed_loss", "healed_loss", "evaluations"}; every run record then says
     # "folded" and "check_loss" (the loss with that run's patch alone)
     check: dict[str, Any] = field(default_factory=dict)
+    ridge_choices: list[float] = field(default_factory=list)  # each run's ridge chosen by the check among these
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +136,11 @@ def _how(healing: Mapping[str, Any]) -> str:
     kind = "a diagonal (per-channel) linear map" if healing.get("diagonal") else "a full linear map"
     ridge = healing.get("ridge") or 0.0
     regulariser = f" with ridge {ridge:g} x the mean eigenvalue toward the identity" if ridge else ""
+    if healing.get("ridge_choices"):
+        regulariser = (
+            " with a ridge toward the identity (x the mean eigenvalue) chosen per run by the check among "
+            + ", ".join(f"{r:g}" for r in healing["ridge_choices"])
+        )
     weighting = (
         ", each token's squared error weighted by 1 / its target's squared norm" if healing.get("relative") else ""
     )
@@ -184,6 +190,7 @@ def describe_healing(healing: Mapping[str, Any], calibration: str = "") -> str:
     where = "; ".join(
         f"{_span(run['removed_layers'])} -> {run['target']}"
         + (f" (s = {run['scale']:.3f})" if run.get("scale") is not None else "")
+        + (f" (ridge {run['ridge']:g})" if healing.get("ridge_choices") else "")
         for run in folded
     )
     before = [float(run["residual_before"]) for run in folded]
@@ -214,7 +221,10 @@ def healing_summary(healing: Mapping[str, Any]) -> str:
     if name == "linear":
         name += " (diagonal" if healing.get("diagonal") else " (full"
         name += ", relative" if healing.get("relative") else ""
-        name += f", ridge {healing.get('ridge') or 0:g})"
+        if healing.get("ridge_choices"):
+            name += ", ridge per run " + "/".join(f"{run['ridge']:g}" for run in folded_runs(healing)) + ")"
+        else:
+            name += f", ridge {healing.get('ridge') or 0:g})"
     if healing.get("check"):
         count = f"{len(folded_runs(healing))} of {len(runs)} run{'s' if len(runs) != 1 else ''} folded (checked)"
     else:
@@ -708,6 +718,7 @@ def heal_removed_layers(
     relative: bool = False,
     check: Callable[[], float] | None = None,
     check_description: str = "the check loss",
+    ridge_choices: Sequence[float] = (),
 ) -> HealingReport:
     """Fit a training-free patch for every maximal run of ``removed_layers`` and fold it into the kept weights.
 
@@ -720,7 +731,8 @@ def heal_removed_layers(
     Prune&Comp magnitude compensation). Only kept blocks' weights change, in place; the architecture does not.
     With ``check`` (a loss of the model as it stands, removed layers skipped; ``check_description`` names it for
     the card), only the runs whose patch lowers it are folded (module docstring); 1 + runs + (helpful runs - 1)
-    calls at most.
+    calls at most. ``ridge_choices`` (linear, with ``check``): each run's ridge is the one of these whose patch
+    alone gives the lowest check loss (``ridge`` is then not used); one more call per run and extra ridge.
 
     Raises ``HealingError`` for bad input and ``HealingNotExactError`` where no exact fold exists, in both cases
     before any weight is changed.
@@ -736,6 +748,13 @@ def heal_removed_layers(
         raise HealingError(f"relative must be True or False, got {relative!r}")
     if check is not None and not callable(check):
         raise HealingError(f"check must be a callable returning a loss, got {type(check).__name__}")
+    ridge_choices = tuple(ridge_choices)
+    if ridge_choices:
+        if method != "linear" or check is None:
+            raise HealingError("ridge_choices needs method='linear' and a check to choose among them")
+        for value in ridge_choices:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise HealingError(f"ridge_choices must be finite numbers >= 0, got {value!r}")
     if method == "scale" and (diagonal or ridge or relative):
         raise HealingError(
             "ridge, diagonal and relative apply to method='linear'; method='scale' fits one scalar per run"
@@ -751,13 +770,21 @@ def heal_removed_layers(
     _plan(model, blocks, kept, runs, method, diagonal)
     num_batches, num_tokens = _collect(model, blocks, runs, layout, method, diagonal, calibration_batches, relative)
 
-    fits: list[Any] = []
-    records: list[dict[str, Any]] = []
+    ridges = [float(r) for r in ridge_choices] if ridge_choices else [float(ridge)]
+    choices: list[list[tuple[Any, dict[str, Any]]]] = []  # per run: (fit, numbers) per candidate ridge
     for run in runs:
-        fit, numbers = _fit_scale(run) if method == "scale" else _fit_linear(run, float(ridge), diagonal)
-        fits.append(fit)
-        records.append({"removed_layers": run.layers, "fold_block": run.before, "target": run.target, **numbers})
+        if method == "scale":
+            choices.append([_fit_scale(run)])
+        else:
+            choices.append([_fit_linear(run, r, diagonal) for r in ridges])
+            for r, (_, numbers) in zip(ridges, choices[-1]):
+                numbers["ridge"] = r
         run.stats.clear()
+    fits: list[Any] = [options[0][0] for options in choices]
+    records: list[dict[str, Any]] = [
+        {"removed_layers": run.layers, "fold_block": run.before, "target": run.target, **options[0][1]}
+        for run, options in zip(runs, choices)
+    ]
 
     touched = _touched_parameters(model, blocks, kept, runs, layout, method)
     backup = [param.detach().clone() for param in touched]
@@ -774,7 +801,7 @@ def heal_removed_layers(
     try:
         chosen = list(range(len(runs)))
         if check is not None:
-            chosen, check_record = _checked_runs(len(runs), fold, restore, check, records)
+            chosen, check_record = _checked_runs(choices, fits, fold, restore, check, records)
             check_record["description"] = check_description
         for i, record in enumerate(records):
             record["folded"] = i in chosen
@@ -793,18 +820,21 @@ def heal_removed_layers(
         statistic="mean_abs_ratio" if method == "scale" else "least_squares",
         relative=relative,  # False for scale: refused above
         check=check_record,
+        ridge_choices=list(ridges) if ridge_choices else [],
     )
 
 
 def _checked_runs(
-    count: int,
+    choices: list[list[tuple[Any, dict[str, Any]]]],
+    fits: list[Any],
     fold: Callable[[Sequence[int]], None],
     restore: Callable[[], None],
     check: Callable[[], float],
     records: list[dict[str, Any]],
 ) -> tuple[list[int], dict[str, Any]]:
-    """Which runs' patches to fold: each tried alone against the unhealed loss, then the helpful ones added best
-    first while the loss keeps falling. Leaves the weights as it found them (unhealed)."""
+    """Which runs' patches to fold: each tried alone against the unhealed loss (with each candidate ridge, the best
+    one kept in ``fits``), then the helpful ones added best first while the loss keeps falling. Leaves the weights
+    as it found them (unhealed)."""
 
     def loss_with(indices: Sequence[int]) -> float:
         fold(indices)
@@ -816,9 +846,19 @@ def _checked_runs(
 
     unhealed = loss_with([])
     evaluations = 1
-    for i in range(count):
-        records[i]["check_loss"] = loss_with([i])
-        evaluations += 1
+    for i, options in enumerate(choices):
+        losses = []
+        for fit, _ in options:
+            fits[i] = fit
+            losses.append(loss_with([i]))
+            evaluations += 1
+        best_option = min(range(len(options)), key=lambda j: (losses[j], j))
+        fits[i] = options[best_option][0]
+        records[i].update(options[best_option][1])
+        records[i]["check_loss"] = losses[best_option]
+        if len(options) > 1:
+            records[i]["ridge_losses"] = losses
+    count = len(choices)
     helpful = sorted(
         (i for i in range(count) if records[i]["check_loss"] < unhealed), key=lambda i: records[i]["check_loss"]
     )
@@ -882,11 +922,13 @@ def record_healing(model: nn.Module, report: HealingReport) -> None:
         "relative": report.relative,
         "calibration_tokens": report.calibration_tokens,
         "runs": [
-            {key: run[key] for key in ("removed_layers", "target", "scale", "folded") if key in run}
+            {key: run[key] for key in ("removed_layers", "target", "scale", "folded", "ridge") if key in run}
             | {"residual_before": round(run["residual_before"], 6), "residual_after": round(run["residual_after"], 6)}
             for run in report.runs
         ],
     }
     if report.check:
         record["healing"]["check"] = dict(report.check)
+    if report.ridge_choices:
+        record["healing"]["ridge_choices"] = list(report.ridge_choices)
     setattr(config, PRUNING_RECORD_KEY, record)

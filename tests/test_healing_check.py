@@ -189,3 +189,56 @@ def test_pruner_checks_on_its_scorer_and_the_card_says_what_happened(tmp_path, m
     assert "changed by training-free `linear` healing" in card and "1 of 1 folded" in card
     assert "1 of 1 run folded (checked)" in healing_summary(healing) and "healing-linear" in card
     assert not torch.allclose(_logits(pruner.model, inputs), unhealed)
+
+
+def test_ridge_choices_pick_each_runs_ridge_by_the_check():
+    """Each run takes the ridge whose patch alone scores best; its weights are that ridge's patch, as healing the
+    run alone with it on the dense model gives; the card and summary name the ridges."""
+    dense = tiny_model("llama")
+    held_out = tiny_inputs(seed=11)
+    with torch.no_grad():
+        reference = F.log_softmax(dense(**held_out).logits, -1)
+    kept = [i for i in range(len(dense.model.layers)) if i not in REMOVED]
+    model = copy.deepcopy(dense)
+
+    def kl() -> float:
+        with torch.no_grad(), LayerMask(model, kept):
+            logp = F.log_softmax(model(**held_out).logits, -1)
+        return float(F.kl_div(logp, reference, log_target=True, reduction="batchmean"))
+
+    grid = (0.0, 0.01, 1.0, 100.0)
+    calibration = [tiny_inputs(seed=3)]
+    report = heal_removed_layers(model, REMOVED, calibration, ridge=0.5, relative=True, check=kl, ridge_choices=grid)
+    assert report.ridge_choices == list(grid) and report.check["evaluations"] >= 1 + 2 * len(grid)
+    for run, layers, target in zip(report.runs, ([1, 2], [4]), TARGETS):
+        assert len(run["ridge_losses"]) == len(grid)
+        assert run["ridge"] == grid[min(range(len(grid)), key=lambda j: (run["ridge_losses"][j], j))]
+        assert run["check_loss"] == min(run["ridge_losses"])
+        alone = copy.deepcopy(dense)
+        heal_removed_layers(alone, layers, calibration, ridge=run["ridge"], relative=True)
+        expected = alone if run["folded"] else dense
+        torch.testing.assert_close(model.get_parameter(target), expected.get_parameter(target), rtol=0, atol=0)
+    text, summary = describe_healing(report.to_dict()), healing_summary(report.to_dict())
+    assert "chosen per run by the check among 0, 0.01, 1, 100" in text
+    folded = [run for run in report.runs if run["folded"]]
+    for run in folded:
+        assert f"(ridge {run['ridge']:g})" in text
+    if folded:
+        assert "ridge per run " + "/".join(f"{run['ridge']:g}" for run in folded) in summary
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ridge_choices": (0.1, 1.0)}, "needs method='linear' and a check"),
+        ({"ridge_choices": (0.1,), "method": "scale", "check": lambda: 1.0}, "needs method='linear'"),
+        ({"ridge_choices": (0.1, -1.0), "check": lambda: 1.0}, "finite numbers >= 0"),
+        ({"ridge_choices": (float("inf"),), "check": lambda: 1.0}, "finite numbers >= 0"),
+    ],
+)
+def test_bad_ridge_choices_are_refused_before_any_work(kwargs, match):
+    model = tiny_model("llama")
+    before = _state(model)
+    with pytest.raises(HealingError, match=match):
+        heal_removed_layers(model, REMOVED, [tiny_inputs()], **kwargs)
+    assert all(torch.equal(model.state_dict()[n], t) for n, t in before.items())
