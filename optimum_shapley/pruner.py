@@ -492,6 +492,11 @@ class ShapleyLayerPruner(Trainer):
     def _healing_batches(self, dataset: Any):
         return (self._prepare_inputs(batch) for batch in self._calibration_batches(dataset))
 
+    def _healing_scorer(self) -> MaskEvaluator:
+        """What healing-aware selection and the healing check score on: the verification blocks' evaluator, else
+        the calibration set's."""
+        return self.evaluator.verifier if self.evaluator.verifier is not None else self.evaluator
+
     def _healing_check(self, scorer: MaskEvaluator, kept: list[int]) -> dict[str, Any]:
         """``heal_check``'s arguments for ``heal_removed_layers``: the run's objective on the scorer's blocks (the
         verification blocks, else the calibration set) with only ``kept`` layers; empty when the check is off."""
@@ -517,7 +522,7 @@ class ShapleyLayerPruner(Trainer):
         candidates = [list(s.removed) for s in evidence.top_sets[: self.pruning_config.verify_top]]
         if removed not in candidates:
             candidates.insert(0, list(removed))
-        scorer = self.evaluator.verifier if self.evaluator.verifier is not None else self.evaluator
+        scorer = self._healing_scorer()
         scorer.references()  # the dense reference from the unhealed model, before any patch
         dataset = self._healing_dataset()
         runs_before = scorer.num_run  # unhealed scores not yet measured there (usually none: re-scored already)
@@ -563,7 +568,7 @@ class ShapleyLayerPruner(Trainer):
         from .healing import heal_removed_layers, record_healing
 
         dataset = self._healing_dataset()
-        scorer = self.evaluator.verifier if self.evaluator.verifier is not None else self.evaluator
+        scorer = self._healing_scorer()
         check = self._healing_check(scorer, [i for i in range(self.num_layers) if i not in removed])
         report = heal_removed_layers(
             self.model, removed, self._healing_batches(dataset), **self._healing_options(), **check

@@ -95,19 +95,26 @@ def test_check_folds_the_runs_that_lower_the_loss(table, folded, healed):
     json.dumps(report.to_dict())  # NaN became inf: still a number the report can carry
 
 
-def test_check_with_a_real_kl_keeps_its_promise():
-    """With a real held-out KL, the folded patch's loss is what the report says, and never above unhealed."""
-    dense = tiny_model("llama")
+def _held_out_kl(dense, model):
+    """A real check: the KL of ``model`` (REMOVED skipped) to ``dense`` on held-out tokens, as the pruner's."""
     held_out = tiny_inputs(seed=11)
     with torch.no_grad():
         reference = F.log_softmax(dense(**held_out).logits, -1)
     kept = [i for i in range(len(dense.model.layers)) if i not in REMOVED]
-    model = copy.deepcopy(dense)
 
     def kl() -> float:
         with torch.no_grad(), LayerMask(model, kept):
             logp = F.log_softmax(model(**held_out).logits, -1)
         return float(F.kl_div(logp, reference, log_target=True, reduction="batchmean"))
+
+    return kl
+
+
+def test_check_with_a_real_kl_keeps_its_promise():
+    """With a real held-out KL, the folded patch's loss is what the report says, and never above unhealed."""
+    dense = tiny_model("llama")
+    model = copy.deepcopy(dense)
+    kl = _held_out_kl(dense, model)
 
     report = heal_removed_layers(model, REMOVED, [tiny_inputs(seed=3)], ridge=0.01, relative=True, check=kl)
     assert report.check["healed_loss"] <= report.check["unhealed_loss"]
@@ -195,16 +202,8 @@ def test_ridge_choices_pick_each_runs_ridge_by_the_check():
     """Each run takes the ridge whose patch alone scores best; its weights are that ridge's patch, as healing the
     run alone with it on the dense model gives; the card and summary name the ridges."""
     dense = tiny_model("llama")
-    held_out = tiny_inputs(seed=11)
-    with torch.no_grad():
-        reference = F.log_softmax(dense(**held_out).logits, -1)
-    kept = [i for i in range(len(dense.model.layers)) if i not in REMOVED]
     model = copy.deepcopy(dense)
-
-    def kl() -> float:
-        with torch.no_grad(), LayerMask(model, kept):
-            logp = F.log_softmax(model(**held_out).logits, -1)
-        return float(F.kl_div(logp, reference, log_target=True, reduction="batchmean"))
+    kl = _held_out_kl(dense, model)
 
     grid = (0.0, 0.01, 1.0, 100.0)
     calibration = [tiny_inputs(seed=3)]
