@@ -54,7 +54,11 @@ from optimum_shapley.recovery import recover  # noqa: E402
 CHECK_BLOCKS = {f.name: f.default for f in dataclasses.fields(ShapleyPruningConfig)}["verify_samples"]
 """Held-out blocks for the healing check: the pruner checks on its verification blocks, this many."""
 
-HEAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ShapleyPruningConfig) if f.name.startswith("heal_")}
+HEAL_DEFAULTS = {
+    f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+    for f in dataclasses.fields(ShapleyPruningConfig)
+    if f.name.startswith("heal_")
+}
 """The config's healing defaults (what ``optimum-shapley prune --heal linear`` uses): the bench's defaults too."""
 
 DEFAULT_REMOVED = {
@@ -92,6 +96,12 @@ def parse_args() -> argparse.Namespace:
         "--ridge", type=float, default=HEAL_DEFAULTS["heal_ridge"], help="linear: ridge toward the identity (0: none)"
     )
     parser.add_argument(
+        "--ridge-choices",
+        default=",".join(f"{r:g}" for r in HEAL_DEFAULTS["heal_ridge_choices"]),
+        help="linear, checked: each run's ridge chosen by the check among these (comma-separated; default the "
+        "config's heal_ridge_choices; 'none': --ridge for every run)",
+    )
+    parser.add_argument(
         "--heal-samples",
         type=int,
         default=HEAL_DEFAULTS["heal_num_samples"],
@@ -124,6 +134,9 @@ def parse_args() -> argparse.Namespace:
     args.lora_sets = list(args.sets) if args.lora_sets == "all" else args.lora_sets.split(",")
     if args.lora_steps is None:
         args.lora_steps = 10 if args.quick else 50
+    # as the pruner: the check chooses each run's ridge, so without it there is nothing to choose by
+    choices = [] if args.ridge_choices in ("", "none") or args.no_check else args.ridge_choices.split(",")
+    args.ridge_choices = sorted({float(r) for r in choices})
     return args
 
 
@@ -212,6 +225,8 @@ def _heal(bench, model, removed: list[int], method: str, args: argparse.Namespac
     batches = DataLoader(_heal_blocks(bench, args), batch_size=bench.batch_size, collate_fn=default_data_collator)
     if not args.no_check:
         options = {**options, **_check(bench, model, removed, args)}
+        if method == "linear" and args.ridge_choices:
+            options["ridge_choices"] = args.ridge_choices
     return options, heal_removed_layers(model, removed, batches, method=method, **options)
 
 
@@ -321,6 +336,8 @@ def _cell_text(row: dict | None) -> str:
     notes = (["diag."] if "diagonal" in row["method"] else []) + (
         [f"{sum(run['folded'] for run in row['runs'])}/{len(row['runs'])} runs"] if row.get("check") else []
     )
+    ridges = [f"{run['ridge']:g}" for run in row["runs"] if run.get("folded") and "ridge_losses" in run]
+    notes += [f"ridge {'/'.join(ridges)}"] if ridges else []  # each folded run's ridge, where the check chose it
     return f"{row['wikitext2_ppl']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -454,8 +471,14 @@ def main() -> None:
         f"weights (the checkpoint keeps its stock architecture): "
         f"scale, the Prune&Comp magnitude scalar per removed run; linear, the ReplaceMe least-squares map per run"
         f"{' (plain)' if args.plain else ', each token weighted by 1 / its target squared norm'}, "
-        f"ridge {args.ridge:g} toward the identity (relative to the mean eigenvalue), the diagonal variant on "
-        f"Gemma-3 (its post-feedforward norm admits no exact full-matrix fold). "
+        + (
+            "each run's ridge toward the identity (relative to the mean eigenvalue) chosen by the check among "
+            + ", ".join(f"{r:g}" for r in args.ridge_choices)
+            if args.ridge_choices
+            else f"ridge {args.ridge:g} toward the identity (relative to the mean eigenvalue)"
+        )
+        + ", the diagonal variant on "
+        "Gemma-3 (its post-feedforward norm admits no exact full-matrix fold). "
         + (
             "Every patch was folded (--no-check). "
             if args.no_check
@@ -479,7 +502,8 @@ def main() -> None:
             "num_samples": args.num_samples,
             "heal_samples": args.heal_samples,
             "relative": not args.plain,
-            "ridge": args.ridge,
+            "ridge": None if args.ridge_choices else args.ridge,
+            "ridge_choices": args.ridge_choices,
             "check": not args.no_check,
             "lora_steps": args.lora_steps,
             "lora_batch_size": args.lora_batch_size,

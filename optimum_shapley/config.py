@@ -31,6 +31,8 @@ __all__ = [
 CONFIG_NAME = "shapley_pruning_config.json"
 UTILITIES = ("kl", "log_ppl_ratio", "ppl_ratio")
 HEAL_METHODS = ("none", "linear", "scale")
+# Each run's ridge chosen among these by the healing check (measured: docs/benchmarks.md, healing section).
+DEFAULT_HEAL_RIDGE_CHOICES = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 def sleb_cost(num_layers: int, num_remove: int) -> int:
@@ -253,8 +255,17 @@ class ShapleyPruningConfig(PushToHubMixin):
         default=0.01,
         metadata=_help(
             "heal=linear: ridge toward the identity (the unhealed model), in units of the mean eigenvalue; 0 is "
-            "plain least squares. Measured on SmolLM2-135M without 10 layers, 256 x 128 tokens, relative weights: "
+            "plain least squares. Used for every run where heal_check is off or heal_ridge_choices is empty. Measured on SmolLM2-135M without 10 layers, 256 x 128 tokens, relative weights: "
             "0.01 best of 0.01 / 0.1 / 1 (docs/benchmarks.md)."
+        ),
+    )
+    heal_ridge_choices: list[float] = field(
+        default_factory=lambda: list(DEFAULT_HEAL_RIDGE_CHOICES),
+        metadata=_help(
+            "heal=linear with heal_check: each run's ridge is the one of these whose patch alone gives the lowest "
+            "check loss (heal_ridge is then not used); an empty list uses heal_ridge for every run. No single ridge "
+            "suits every run: Gemma-3-270M without 7-9, 14, 15, 17 chose 10 / 0.1 / 10 (WikiText-2 410.33, against "
+            "525.51 with 0.01 for all; docs/benchmarks.md). Costs one check evaluation per run and choice."
         ),
     )
     heal_relative: bool = field(
@@ -382,6 +393,13 @@ class ShapleyPruningConfig(PushToHubMixin):
         ridge = self.heal_ridge
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0 <= ridge < float("inf"):
             fail("heal_ridge", f"must be a finite number >= 0, got {ridge!r}")
+        choices = self.heal_ridge_choices
+        if isinstance(choices, (str, bytes)) or not isinstance(choices, (list, tuple)):
+            fail("heal_ridge_choices", f"must be a list of finite numbers >= 0, got {choices!r}")
+        for value in choices:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                fail("heal_ridge_choices", f"must be a list of finite numbers >= 0, got {choices!r}")
+        self.heal_ridge_choices = sorted({float(value) for value in choices})
         if self.heal_diagonal and self.heal != "linear":
             fail("heal_diagonal", f"applies to heal='linear', got heal={self.heal!r}")
         if not isinstance(self.heal_aware, bool):

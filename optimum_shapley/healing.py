@@ -106,7 +106,7 @@ class HealingReport:
     seconds: float
     calibration_tokens: int
     calibration_batches: int
-    ridge: float = 0.0
+    ridge: float | None = 0.0  # None where each run's ridge was chosen by the check (``ridge_choices``)
     diagonal: bool = False
     statistic: str = ""
     relative: bool = False
@@ -221,8 +221,9 @@ def healing_summary(healing: Mapping[str, Any]) -> str:
     if name == "linear":
         name += " (diagonal" if healing.get("diagonal") else " (full"
         name += ", relative" if healing.get("relative") else ""
-        if healing.get("ridge_choices"):
-            name += ", ridge per run " + "/".join(f"{run['ridge']:g}" for run in folded_runs(healing)) + ")"
+        if healing.get("ridge_choices"):  # the ridges that shaped the weights: none where nothing was folded
+            ridges = "/".join(f"{run['ridge']:g}" for run in folded_runs(healing))
+            name += (", ridge per run " + ridges if ridges else "") + ")"
         else:
             name += f", ridge {healing.get('ridge') or 0:g})"
     if healing.get("check"):
@@ -815,7 +816,7 @@ def heal_removed_layers(
         seconds=time.perf_counter() - start,
         calibration_tokens=num_tokens,
         calibration_batches=num_batches,
-        ridge=float(ridge),
+        ridge=None if ridge_choices else float(ridge),  # chosen per run then: each run record has its own
         diagonal=diagonal,
         statistic="mean_abs_ratio" if method == "scale" else "least_squares",
         relative=relative,  # False for scale: refused above

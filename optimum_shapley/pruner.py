@@ -487,6 +487,8 @@ class ShapleyLayerPruner(Trainer):
             "ridge": config.heal_ridge if linear else 0.0,
             "diagonal": config.heal_diagonal,
             "relative": config.heal_relative and linear,
+            # the check chooses each run's ridge; without it there is nothing to choose by
+            "ridge_choices": config.heal_ridge_choices if linear and config.heal_check else (),
         }
 
     def _healing_batches(self, dataset: Any):
@@ -538,6 +540,8 @@ class ShapleyLayerPruner(Trainer):
             row = {"removed": candidate, "loss": loss, "healed_loss": healed}
             if check:
                 row.update(folded=[run["folded"] for run in report.runs], check_evaluations=report.check["evaluations"])
+                if report.ridge_choices:
+                    row["ridges"] = [run["ridge"] for run in report.runs]
             rows.append(row)
         best = min(range(len(rows)), key=lambda i: (rows[i]["healed_loss"], i))
         chosen = rows[best]["removed"]

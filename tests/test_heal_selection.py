@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainingArguments, default_data_collator
 
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, drop_layers
+from optimum_shapley.config import DEFAULT_HEAL_RIDGE_CHOICES
 from optimum_shapley.evaluation import MaskEvaluator
 from optimum_shapley.game_report import game_paragraphs, game_summary_rows, heal_selection_paragraph
 from optimum_shapley.healing import heal_removed_layers, temporarily_healed
@@ -69,8 +70,11 @@ def heal_aware_run(tmp_path_factory, request):
     return dense, pruner, result, Path(pruner.save_pretrained(tmp_path / "out"))
 
 
-def _folded_layers(candidate: dict) -> list[int]:
-    """The candidate's removed layers in the runs its check folded (all of them without the check)."""
+def _healed_by_hand(dense, candidate: dict, batches: list) -> torch.nn.Module:
+    """The dense model with the candidate's folded runs healed as its check chose: each run (all of them without the
+    check) fitted alone on the dense model with its own ridge (0.01 without ridge choices), its written weights
+    copied in. Every run's patch is fitted on the dense stream, so healing them one at a time equals healing them
+    together."""
     runs: list[list[int]] = []
     for layer in candidate["removed"]:
         if runs and runs[-1][-1] == layer - 1:
@@ -78,8 +82,18 @@ def _folded_layers(candidate: dict) -> list[int]:
         else:
             runs.append([layer])
     folded = candidate.get("folded", [True] * len(runs))
-    assert len(folded) == len(runs)
-    return [layer for run, keep in zip(runs, folded) for layer in run if keep]
+    ridges = candidate.get("ridges", [0.01] * len(runs))
+    assert len(folded) == len(runs) == len(ridges)
+    healed = copy.deepcopy(dense)
+    original = dense.state_dict()
+    for run, keep, ridge in zip(runs, folded, ridges):
+        if keep:
+            alone = copy.deepcopy(dense)
+            heal_removed_layers(alone, run, batches, ridge=ridge, relative=True)
+            changed = {n: t for n, t in alone.state_dict().items() if not torch.equal(t, original[n])}
+            assert changed, f"healing run {run} wrote nothing"
+            healed.load_state_dict(changed, strict=False)
+    return healed
 
 
 def test_the_best_healed_set_is_removed_and_healed_as_it_was_scored(heal_aware_run):
@@ -97,10 +111,7 @@ def test_the_best_healed_set_is_removed_and_healed_as_it_was_scored(heal_aware_r
     heal_blocks = _config_blocks(pruner.processing_class, config, 6, config.seed)
     verification = pruner.verification_dataset
     for candidate in candidates:
-        healed = copy.deepcopy(dense)
-        heal_removed_layers(
-            healed, _folded_layers(candidate), [{"input_ids": heal_blocks.input_ids}], ridge=0.01, relative=True
-        )
+        healed = _healed_by_hand(dense, candidate, [{"input_ids": heal_blocks.input_ids}])
         reference = MaskEvaluator(
             copy.deepcopy(dense),
             lambda: DataLoader(verification, batch_size=8, collate_fn=default_data_collator),
@@ -120,10 +131,10 @@ def test_the_best_healed_set_is_removed_and_healed_as_it_was_scored(heal_aware_r
     chosen = next(c for c in candidates if c["removed"] == result.removed_layers)
     if config.heal_check:
         assert [run["folded"] for run in result.healing["runs"]] == chosen["folded"]
-    expected = copy.deepcopy(dense)
-    heal_removed_layers(
-        expected, _folded_layers(chosen), [{"input_ids": heal_blocks.input_ids}], ridge=0.01, relative=True
-    )
+    if config.heal_check:  # each run's ridge chosen by its check, among the config's default choices
+        assert result.healing["ridge_choices"] == list(DEFAULT_HEAL_RIDGE_CHOICES) and "ridges" in chosen
+        assert [run["ridge"] for run in result.healing["runs"]] == chosen["ridges"]
+    expected = _healed_by_hand(dense, chosen, [{"input_ids": heal_blocks.input_ids}])
     drop_layers(expected, result.removed_layers)
     inputs = tiny_inputs(seed=5)
     torch.testing.assert_close(_logits(pruner.model, inputs), _logits(expected, inputs), rtol=1e-5, atol=1e-6)

@@ -450,6 +450,10 @@ def test_pruner_refuses_an_unhealable_family_before_any_work(tmp_path):
         ({"heal": "lora"}, "heal: must be one of"),
         ({"heal": "linear", "heal_ridge": -1.0}, "heal_ridge: must be a finite number >= 0"),
         ({"heal": "scale", "heal_diagonal": True}, "heal_diagonal: applies to heal='linear'"),
+        ({"heal": "linear", "heal_ridge_choices": [0.1, -1.0]}, "heal_ridge_choices: must be a list of finite"),
+        ({"heal": "linear", "heal_ridge_choices": [float("nan")]}, "heal_ridge_choices: must be a list of finite"),
+        ({"heal": "linear", "heal_ridge_choices": "0.1"}, "heal_ridge_choices: must be a list of finite"),
+        ({"heal": "linear", "heal_ridge_choices": [True]}, "heal_ridge_choices: must be a list of finite"),
     ],
 )
 def test_config_validates_healing_fields(overrides, match):
@@ -476,7 +480,15 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     from optimum_shapley.cli import build_parser, main
 
     usage = build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
-    for flag in ("--heal", "--heal_ridge", "--heal_diagonal", "--heal_relative", "--heal_num_samples", "--heal_check"):
+    flags = (
+        "--heal",
+        "--heal_ridge",
+        "--heal_ridge_choices",
+        "--heal_diagonal",
+        "--heal_relative",
+        "--heal_num_samples",
+    )
+    for flag in (*flags, "--heal_check"):
         assert flag in usage
 
     out = tmp_path / "out"
@@ -504,6 +516,20 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["layer_pruning"]["healing"]["runs"][0]["target"] == "layers.2.mlp.down_proj"
 
+    # checked (the default), each run's ridge chosen among the given ones
+    chosen = tmp_path / "chosen"
+    flags = ["--heal", "linear", "--heal_num_samples", "0", "--heal_ridge_choices", "1", "0.01"]
+    assert main(["prune", model_dir, "--output", str(chosen), *flags, *CLI_FAST]) == 0
+    summary = capsys.readouterr().out
+    healing = json.loads((chosen / "shapley_results.json").read_text())["healing"]
+    if healing["runs"][0]["folded"]:
+        assert f"ridge per run {healing['runs'][0]['ridge']:g})" in summary
+    else:
+        assert "linear (full, relative), 0 of 1 run folded (checked)" in summary
+    assert healing["ridge_choices"] == [0.01, 1.0] and healing["ridge"] is None
+    assert len(healing["runs"][0]["ridge_losses"]) == 2 and healing["runs"][0]["ridge"] in (0.01, 1.0)
+    assert "chosen per run by the check among 0.01, 1" in (chosen / "README.md").read_text()
+
 
 @pytest.mark.parametrize(
     "args, message",
@@ -511,6 +537,7 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
         (["--heal", "bogus"], "heal: must be one of"),
         (["--heal", "scale", "--heal_diagonal"], "heal_diagonal: applies to heal='linear'"),
         (["--heal", "linear", "--heal_num_samples", "-1"], "heal_num_samples: must be >= 0"),
+        (["--heal", "linear", "--heal_ridge_choices", "0.1", "-2"], "heal_ridge_choices: must be a list of finite"),
     ],
 )
 def test_cli_bad_heal_flag_is_one_line(model_dir, tmp_path, capsys, args, message):

@@ -8,6 +8,7 @@ real KL on tiny models, and read the card, summary and config record of each out
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from tiny_models import tiny_inputs, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, drop_layers
+from optimum_shapley.config import DEFAULT_HEAL_RIDGE_CHOICES
 from optimum_shapley.healing import HealingError, describe_healing, heal_removed_layers, healing_summary
 from optimum_shapley.surgery import LayerMask
 
@@ -165,8 +167,9 @@ def test_pruner_checks_on_its_scorer_and_the_card_says_what_happened(tmp_path, m
     def spy(model, removed, batches, **options):
         check = options["check"]
         seen["unhealed"] = check()
-        answers = iter([seen["unhealed"], seen["unhealed"] + (1.0 if outcome == "not folded" else -1.0)])
-        options["check"] = lambda: next(answers)  # the unhealed loss, then the one run's patch: hurts or helps
+        patched = seen["unhealed"] + (1.0 if outcome == "not folded" else -1.0)
+        answers = itertools.chain([seen["unhealed"]], itertools.repeat(patched))
+        options["check"] = lambda: next(answers)  # the unhealed loss, then the run's patch (each ridge): hurts or helps
         return real(model, removed, batches, **options)
 
     monkeypatch.setattr(healing_module, "heal_removed_layers", spy)
@@ -241,3 +244,64 @@ def test_bad_ridge_choices_are_refused_before_any_work(kwargs, match):
     with pytest.raises(HealingError, match=match):
         heal_removed_layers(model, REMOVED, [tiny_inputs()], **kwargs)
     assert all(torch.equal(model.state_dict()[n], t) for n, t in before.items())
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({}, list(DEFAULT_HEAL_RIDGE_CHOICES)),  # the default: each run's ridge chosen by the check
+        ({"heal_ridge_choices": [10, 0.1, 0.1]}, [0.1, 10.0]),  # sorted, each once
+        ({"heal_ridge_choices": []}, []),  # none: heal_ridge for every run, still checked
+        ({"heal_check": False}, []),  # nothing to choose by: heal_ridge for every run
+        ({"forced": True}, list(DEFAULT_HEAL_RIDGE_CHOICES)),  # the check's answers forced: ridge 0.1 helps most
+    ],
+)
+def test_pruner_chooses_each_runs_ridge_among_the_configs_choices(tmp_path, monkeypatch, overrides, expected):
+    """The pruner passes its ridge choices only where the check can choose; the report, the config record and the
+    card say which ridge healed each run, and the weights are that ridge's patch (or the fixed heal_ridge's)."""
+    overrides = dict(overrides)
+    forced = overrides.pop("forced", False)
+    if forced:  # on this random model no patch lowers the NLL: say which one does
+        import optimum_shapley.healing as healing_module
+
+        real = healing_module.heal_removed_layers
+
+        def spy(model, removed, batches, **options):
+            unhealed = options["check"]()
+            losses = [unhealed - d for d in (1.0, 2.0, 3.0, 2.5, 0.5)]  # per ridge, then the folded set's
+            answers = itertools.chain([unhealed], losses, itertools.repeat(unhealed - 3.0))
+            options["check"] = lambda: next(answers)
+            return real(model, removed, batches, **options)
+
+        monkeypatch.setattr(healing_module, "heal_removed_layers", spy)
+    dense = tiny_model("llama")
+    pruner = _pruner(tmp_path, copy.deepcopy(dense), heal_num_samples=0, heal_ridge=0.5, **overrides)
+    healing = pruner.prune().healing
+    assert healing["ridge_choices"] == expected
+    record = pruner.model.config.layer_pruning["healing"]
+    run = healing["runs"][0]
+    if expected:
+        assert healing["ridge"] is None and record["ridge"] is None  # no single ridge was used
+        assert run["ridge"] in expected and len(run["ridge_losses"]) == len(expected)
+        assert record["ridge_choices"] == expected and record["runs"][0]["ridge"] == run["ridge"]
+        ridge = run["ridge"]
+        if forced:
+            assert run["folded"] is True and ridge == 0.1
+    else:
+        assert healing["ridge"] == 0.5 and "ridge_choices" not in record and run.get("ridge", 0.5) == 0.5
+        ridge = 0.5
+    by_hand = copy.deepcopy(dense)
+    if run.get("folded", True):
+        batches = [{"input_ids": pruner.calibration_dataset.input_ids}]
+        heal_removed_layers(by_hand, [3, 4], batches, ridge=ridge, relative=True)
+    drop_layers(by_hand, [3, 4])
+    inputs = tiny_inputs(seed=5)
+    torch.testing.assert_close(_logits(pruner.model, inputs), _logits(by_hand, inputs), rtol=1e-5, atol=1e-6)
+    pruner.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    if expected and run.get("folded", True):
+        assert "chosen per run by the check among " + ", ".join(f"{r:g}" for r in expected) in card
+        assert f"(ridge {ridge:g})" in card
+    if not expected:
+        assert "chosen per run" not in card
+        assert "with ridge 0.5 x the mean eigenvalue" in card or not run.get("folded", True)
