@@ -55,10 +55,11 @@ reads) and 2176.69 all three; Prune&Comp's scalar raised its own statistic's err
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -74,6 +75,7 @@ __all__ = [
     "HealingReport",
     "check_healing_supported",
     "describe_healing",
+    "fold_healing",
     "folded_runs",
     "heal_removed_layers",
     "healing_summary",
@@ -114,9 +116,12 @@ class HealingReport:
     # "folded" and "check_loss" (the loss with that run's patch alone)
     check: dict[str, Any] = field(default_factory=dict)
     ridge_choices: list[float] = field(default_factory=list)  # each run's ridge chosen by the check among these
+    # each run's fitted patch (a map or a scalar), kept so that :func:`fold_healing` can fold it again without a
+    # new fit; not part of the record
+    fits: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "fits"}
 
     def describe(self) -> str:
         """What was fitted and folded, in sentences that hold for this run (used by the model card)."""
@@ -208,6 +213,11 @@ def describe_healing(healing: Mapping[str, Any], calibration: str = "") -> str:
     if healing.get("method") == "scale":
         text += " (in the paper's form s * h; it is a magnitude correction, not a least-squares fit)"
     text += "." + _check_sentences(healing)
+    if healing.get("from_heal_selection"):
+        text += (
+            " It is the patch healing-aware selection fitted and scored for this set, folded as scored (not fitted "
+            "again)."
+        )
     ppl = healing.get("calibration_ppl_after")
     if ppl is not None:
         text += f" The healed model's calibration perplexity is {ppl:.2f}."
@@ -822,7 +832,31 @@ def heal_removed_layers(
         relative=relative,  # False for scale: refused above
         check=check_record,
         ridge_choices=list(ridges) if ridge_choices else [],
+        fits=fits,
     )
+
+
+def fold_healing(model: nn.Module, removed_layers: Sequence[int], report: HealingReport) -> None:
+    """Fold the patches ``report`` folded into the DENSE ``model`` again, from the fits it kept: after
+    :func:`temporarily_healed` scored a set and put its weights back, the winning set is healed as it was scored
+    without a second statistics pass or check. ``report`` must come from healing these ``removed_layers`` on this
+    model with its weights as they are now."""
+    parent, attr = find_decoder_layers(model)
+    blocks = getattr(parent, attr)
+    kept = _kept_from_remove(list(removed_layers), len(blocks))
+    runs = _runs([i for i in range(len(blocks)) if i not in set(kept)])
+    if [run.layers for run in runs] != [list(r["removed_layers"]) for r in report.runs] or len(report.fits) != len(
+        runs
+    ):
+        raise HealingError(
+            f"the healing report is of removed runs {[r['removed_layers'] for r in report.runs]}, not of "
+            f"{[run.layers for run in runs]} (or it kept no fits)"
+        )
+    _, layout = _layout(model)
+    _plan(model, blocks, kept, runs, report.method, report.diagonal)
+    for run, fit, record in zip(runs, report.fits, report.runs):
+        if record.get("folded", True):
+            _apply(model, blocks, kept, run, fit, layout, report.method)
 
 
 def _checked_runs(

@@ -7,12 +7,13 @@ the eval dataloader and the accelerator; mask evaluation reuses them in a light 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments, default_data_collator
@@ -29,6 +30,9 @@ from .result import PruningResult
 from .surgery import drop_layers, kept_layers_from_mask, num_decoder_layers
 from .surrogate import ShapleySurrogate
 from .throughput import SpeedReport, measure_speed, speed_comparison
+
+if TYPE_CHECKING:
+    from .healing import HealingReport
 
 __all__ = ["SURROGATE_DIR", "ShapleyLayerPruner", "pruning_arguments"]
 
@@ -311,8 +315,9 @@ class ShapleyLayerPruner(Trainer):
         fit = record.surrogate_fit if record is not None else None
         removed = choice.removed_layers
         heal_selection: dict[str, Any] = {}
+        selected_healing = None
         if config.heal_aware and record is not None and record.game is not None:
-            removed, heal_selection = self._choose_healed(record.game, removed)
+            removed, selected_healing, heal_selection = self._choose_healed(record.game, removed)
             timings["heal_selection"] = heal_selection["seconds"]
         kept = [i for i in range(self.num_layers) if i not in removed]
 
@@ -332,7 +337,7 @@ class ShapleyLayerPruner(Trainer):
             details["evaluations_per_process"] = gather_object([here])
 
         dense_speed = self._speed(timings) if config.measure_speed else None
-        healing = self._heal(removed, evaluate_calibration, timings) if config.heal != "none" else {}
+        healing = self._heal(removed, evaluate_calibration, timings, selected_healing) if config.heal != "none" else {}
         if not healing:
             drop_layers(self.model, removed)
         speed: dict[str, Any] = {}
@@ -514,10 +519,11 @@ class ShapleyLayerPruner(Trainer):
             "blocks",
         }
 
-    def _choose_healed(self, evidence: Any, removed: list[int]) -> tuple[list[int], dict[str, Any]]:
+    def _choose_healed(self, evidence: Any, removed: list[int]) -> tuple[list[int], HealingReport, dict[str, Any]]:
         """Healing-aware selection: the game's best verified sets, each healed on the healing sample and scored
         healed on the verification blocks (else the calibration set); the best healed set wins. Every patch is
-        taken back after its score (only the weights it wrote are copied), so the model leaves here dense."""
+        taken back after its score (only the weights it wrote are copied), so the model leaves here dense; the
+        winner's report (with its fits) comes back for the final healing to fold."""
         from .healing import temporarily_healed
 
         start = time.perf_counter()
@@ -529,6 +535,7 @@ class ShapleyLayerPruner(Trainer):
         dataset = self._healing_dataset()
         runs_before = scorer.num_run  # unhealed scores not yet measured there (usually none: re-scored already)
         rows = []
+        best_report, best_loss = None, math.inf  # the final healing folds the winner's fits again
         for candidate in candidates:
             kept = [i for i in range(self.num_layers) if i not in candidate]
             loss = scorer.loss(scorer(kept))  # the unhealed score (re-scored sets come from the cache)
@@ -543,40 +550,60 @@ class ShapleyLayerPruner(Trainer):
                 if report.ridge_choices:
                     row["ridges"] = [run["ridge"] for run in report.runs]
             rows.append(row)
+            if best_report is None or healed < best_loss:  # the first lowest, as ``best`` below
+                best_report, best_loss = report, healed
         best = min(range(len(rows)), key=lambda i: (rows[i]["healed_loss"], i))
         chosen = rows[best]["removed"]
         tokens_per_block = int(torch.as_tensor(dataset[0]["input_ids"]).numel())
-        return chosen, {
-            "scored_on": "verification" if scorer is not self.evaluator else "calibration",
-            "num_blocks": len(self.verification_dataset if scorer is not self.evaluator else self.calibration_dataset),
-            "objective": scorer.objective,
-            "candidates": rows,
-            "game_choice": list(removed),
-            "chosen": chosen,
-            "changed": chosen != list(removed),
-            "healing_passes": len(rows),
-            "healed_evaluations": sum(row.get("check_evaluations", 1) for row in rows),
-            "unhealed_evaluations": scorer.num_run - runs_before,
-            # each candidate: a dense pass over the healing sample and an evaluation of the healed set (plus any
-            # unhealed score that had to be measured)
-            "tokens": len(rows) * len(dataset) * tokens_per_block
-            + sum(row.get("check_evaluations", 1) for row in rows) * scorer.tokens_per_mask
-            + (scorer.num_run - runs_before) * scorer.tokens_per_mask,
-            "seconds": time.perf_counter() - start,
-        }
+        return (
+            chosen,
+            best_report,
+            {
+                "scored_on": "verification" if scorer is not self.evaluator else "calibration",
+                "num_blocks": len(
+                    self.verification_dataset if scorer is not self.evaluator else self.calibration_dataset
+                ),
+                "objective": scorer.objective,
+                "candidates": rows,
+                "game_choice": list(removed),
+                "chosen": chosen,
+                "changed": chosen != list(removed),
+                "healing_passes": len(rows),
+                "healed_evaluations": sum(row.get("check_evaluations", 1) for row in rows),
+                "unhealed_evaluations": scorer.num_run - runs_before,
+                # each candidate: a dense pass over the healing sample and an evaluation of the healed set (plus any
+                # unhealed score that had to be measured)
+                "tokens": len(rows) * len(dataset) * tokens_per_block
+                + sum(row.get("check_evaluations", 1) for row in rows) * scorer.tokens_per_mask
+                + (scorer.num_run - runs_before) * scorer.tokens_per_mask,
+                "seconds": time.perf_counter() - start,
+            },
+        )
 
-    def _heal(self, removed: list[int], evaluate_calibration: bool, timings: dict[str, float]) -> dict[str, Any]:
+    def _heal(
+        self,
+        removed: list[int],
+        evaluate_calibration: bool,
+        timings: dict[str, float],
+        selected: HealingReport | None = None,
+    ) -> dict[str, Any]:
         """Training-free healing (``pruning_config.heal``) on the still-dense model, then the removal; the report
-        goes to ``config.layer_pruning`` and to the result, with the healed calibration perplexity when asked."""
+        goes to ``config.layer_pruning`` and to the result, with the healed calibration perplexity when asked.
+        ``selected``: healing-aware selection's report for ``removed``, whose patch is folded as it was scored."""
         from .evaluation.losses import evaluate_batches
-        from .healing import heal_removed_layers, record_healing
+        from .healing import fold_healing, heal_removed_layers, record_healing
 
         dataset = self._healing_dataset()
         scorer = self._healing_scorer()
         check = self._healing_check(scorer, [i for i in range(self.num_layers) if i not in removed])
-        report = heal_removed_layers(
-            self.model, removed, self._healing_batches(dataset), **self._healing_options(), **check
-        )
+        if selected is not None:  # healing-aware selection scored this set healed: fold that patch, as scored
+            start = time.perf_counter()
+            fold_healing(self.model, removed, selected)
+            report = dataclasses.replace(selected, seconds=time.perf_counter() - start)
+        else:
+            report = heal_removed_layers(
+                self.model, removed, self._healing_batches(dataset), **self._healing_options(), **check
+            )
         if check:
             report.check["tokens"] = report.check["evaluations"] * scorer.tokens_per_mask
         drop_layers(self.model, removed)
@@ -584,6 +611,8 @@ class ShapleyLayerPruner(Trainer):
         timings["healing"] = report.seconds
         healing = report.to_dict()
         healing.update(calibration_set=dataset is self.calibration_dataset, num_samples=len(dataset))
+        if selected is not None:
+            healing["from_heal_selection"] = True  # fitted and checked there (its cost is heal_selection's)
         if evaluate_calibration:
             nll, tokens = evaluate_batches(self.model, self._calibration_batches(), prepare=self._prepare_inputs)
             healing["calibration_ppl_after"] = math.exp(min(nll / max(tokens, 1), 700.0))

@@ -13,6 +13,7 @@ from tiny_models import tiny_inputs, tiny_model, tiny_tokenizer
 from torch.utils.data import DataLoader
 from transformers import TrainingArguments, default_data_collator
 
+import optimum_shapley.healing as healing_module
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, drop_layers
 from optimum_shapley.config import DEFAULT_HEAL_RIDGE_CHOICES
 from optimum_shapley.evaluation import MaskEvaluator
@@ -66,8 +67,27 @@ def heal_aware_run(tmp_path_factory, request):
     tmp_path = tmp_path_factory.mktemp("heal-aware")
     dense = tiny_model("llama")
     pruner = _pruner(tmp_path, copy.deepcopy(dense), heal_aware=True, heal_check=request.param)
-    result = pruner.prune()
+    passes = []  # every statistics pass over the healing sample
+    collect = healing_module._collect
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return collect(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(healing_module, "_collect", counted)
+        result = pruner.prune()
+    result.statistics_passes = len(passes)
     return dense, pruner, result, Path(pruner.save_pretrained(tmp_path / "out"))
+
+
+def test_the_winners_patch_is_folded_as_scored_not_fitted_again(heal_aware_run):
+    _, _, result, out = heal_aware_run
+    # one statistics pass per candidate, none more for the final healing
+    assert result.statistics_passes == len(result.heal_selection["candidates"])
+    assert result.healing["from_heal_selection"] is True
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "the patch healing-aware selection fitted and scored for this set, folded as scored" in card
 
 
 def _healed_by_hand(dense, candidate: dict, batches: list) -> torch.nn.Module:
@@ -198,3 +218,19 @@ def test_without_heal_aware_nothing_is_scored_healed(tmp_path):
 def test_heal_aware_needs_the_game_and_a_healing(overrides, match):
     with pytest.raises(ValueError, match=f"ShapleyPruningConfig.{match}"):
         ShapleyPruningConfig(num_layers_to_remove=2, **{"heal": "linear", "heal_aware": True, **overrides})
+
+
+def test_fold_healing_refuses_a_report_of_another_set_before_any_change():
+    from optimum_shapley.healing import HealingError, fold_healing
+
+    model = tiny_model("llama")
+    report = heal_removed_layers(copy.deepcopy(model), [3, 4], [tiny_inputs(seed=3)], ridge=0.01)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    with pytest.raises(HealingError, match="not of"):
+        fold_healing(model, [2, 3], report)
+    assert all(torch.equal(model.state_dict()[n], t) for n, t in before.items())
+    fold_healing(model, [3, 4], report)  # the right set: the same weights as healing it
+    healed = copy.deepcopy(tiny_model("llama"))
+    heal_removed_layers(healed, [3, 4], [tiny_inputs(seed=3)], ridge=0.01)
+    for name, tensor in healed.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
