@@ -6,8 +6,9 @@
 One ``ShapleyLayerPruner`` run per cell as ``optimum-shapley prune ALIAS --remove K --dataset c4_demo.json --heal
 linear --heal_aware`` runs it (the default config otherwise). For each candidate set the game's healing-aware step
 scored (its best verified sets), the table gives the verification loss unhealed and healed (what the step chose
-on), and WikiText-2 perplexity unhealed and healed (each candidate healed by hand the way the pruner heals:
-``heal_removed_layers`` on the pruner's own healing sample, then ``drop_layers``). The removed set is the
+on), and WikiText-2 perplexity unhealed and healed (each candidate healed by hand as the pruner healed it when it
+scored it: ``heal_removed_layers`` on the pruner's own healing sample for the runs its check folded, each with the
+ridge its check chose, then ``drop_layers``). The removed set is the
 heal-aware choice; the game's own choice is what ``heal_aware=False`` removes with the same evaluations. Cost: the
 step's healing passes and healed evaluations, in tokens, against the run's other tokens.
 Writes bench/results/heal_selection.json, heal_selection.md and heal_selection.partial.jsonl.
@@ -72,14 +73,11 @@ def run_cell(alias: str, k: int, args: argparse.Namespace, c4: str) -> list[dict
     result = pruner.prune(evaluate_calibration=True)
     selection = result.heal_selection
     heal_blocks = pruner._healing_dataset()  # the pruner's own healing sample (heal_num_samples of c4_demo.json)
-    options = {"ridge": config.heal_ridge, "diagonal": diagonal, "relative": config.heal_relative}
     rows = []
     for candidate in selection["candidates"]:
         removed = candidate["removed"]
-        model = copy.deepcopy(bench.model)
         start = time.perf_counter()
-        batches = DataLoader(heal_blocks, batch_size=bench.batch_size, collate_fn=default_data_collator)
-        heal_removed_layers(model, removed, batches, method="linear", **options)
+        model = healed_as_scored(bench, candidate, heal_blocks, config, diagonal)
         drop_layers(model, removed)
         healed = perplexity_of_windows(model, bench.windows, bench.batch_size)
         del model
@@ -111,6 +109,40 @@ def run_cell(alias: str, k: int, args: argparse.Namespace, c4: str) -> list[dict
             f.write(json.dumps(rows[-1]) + "\n")
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _runs_of(removed: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for layer in sorted(removed):
+        if runs and runs[-1][-1] == layer - 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return runs
+
+
+def healed_as_scored(bench, candidate: dict, heal_blocks, config: ShapleyPruningConfig, diagonal: bool):
+    """A copy of the dense model healed as the pruner healed ``candidate`` when it scored it: only the runs its check
+    folded, each with the ridge its check chose (the config's heal_ridge without a check). Each run's patch is
+    fitted on the dense stream alone, so fitting the runs one at a time gives the pruner's weights."""
+    runs = _runs_of(candidate["removed"])
+    folded = candidate.get("folded", [True] * len(runs))
+    ridges = candidate.get("ridges", [config.heal_ridge] * len(runs))
+    model = copy.deepcopy(bench.model)
+    dense = bench.model.state_dict()
+    for run, keep, ridge in zip(runs, folded, ridges):
+        if not keep:
+            continue
+        alone = copy.deepcopy(bench.model)
+        batches = DataLoader(heal_blocks, batch_size=bench.batch_size, collate_fn=default_data_collator)
+        heal_removed_layers(
+            alone, run, batches, method="linear", ridge=ridge, diagonal=diagonal, relative=config.heal_relative
+        )
+        model.load_state_dict(
+            {n: t for n, t in alone.state_dict().items() if not torch.equal(t, dense[n])}, strict=False
+        )
+        del alone
+    return model
 
 
 def table(rows: list[dict]) -> str:
