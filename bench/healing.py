@@ -336,7 +336,7 @@ def _cell_text(row: dict | None) -> str:
     notes = (["diag."] if "diagonal" in row["method"] else []) + (
         [f"{sum(run['folded'] for run in row['runs'])}/{len(row['runs'])} runs"] if row.get("check") else []
     )
-    ridges = [f"{run['ridge']:g}" for run in row["runs"] if run.get("folded") and "ridge_losses" in run]
+    ridges = [f"{run['ridge']:g}" for run in row.get("runs", []) if run.get("folded") and "ridge_losses" in run]
     notes += [f"ridge {'/'.join(ridges)}"] if ridges else []  # each folded run's ridge, where the check chose it
     return f"{row['wikitext2_ppl']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
