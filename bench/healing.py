@@ -126,6 +126,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "bench", "results"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--from-partial",
+        default=None,
+        metavar="PATH",
+        help="measure nothing: write the table and JSON from the rows of a run's healing.partial.jsonl (a run "
+        "stopped before its end; the other options must be the run's, for the note)",
+    )
     args = parser.parse_args()
     args.models = (
         args.models.split(",") if args.models else (["smollm2-135m"] if args.quick else ["smollm2-135m", "gemma3-270m"])
@@ -396,6 +403,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     os.makedirs(args.output_dir, exist_ok=True)
     _, c4 = data_paths(args.data_dir)
+    if args.from_partial:
+        with open(args.from_partial, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        dense = {row["model"]: row["dense_ppl"] for row in rows}
+        write_report(rows, dense, None, args)
+        return
     cells, known = bench_cells(args), known_sets(args)
     partial = os.path.join(args.output_dir, "healing.partial.jsonl")
     open(partial, "w").close()
@@ -459,13 +472,18 @@ def main() -> None:
                     f.write(json.dumps(row) + "\n")
         del bench
         gc.collect()
-    total = time.perf_counter() - start
+    write_report(rows, dense, time.perf_counter() - start, args)
 
+
+def write_report(rows: list[dict], dense: dict, total: float | None, args: argparse.Namespace) -> None:
+    """healing.md (table, protocol, targets) and healing.json; ``total`` None: rows read back from a partial file."""
     text = table(rows)
     verdicts = targets(rows)
     note = (
-        f"WikiText-2 raw test perplexity (first {rows[0]['eval_windows'] if rows else '?'} non-overlapping 128-token "
-        f"windows per model) of the pruned model without healing, with each training-free healing, with LoRA alone "
+        "WikiText-2 raw test perplexity (first "
+        + (" / ".join(f"{n} ({m})" for m, n in {r["model"]: r["eval_windows"] for r in rows}.items()) or "?")
+        + " non-overlapping 128-token "
+        f"windows) of the pruned model without healing, with each training-free healing, with LoRA alone "
         f"and with linear healing followed by LoRA. Healing is fitted on "
         f"{args.heal_samples or args.num_samples} x 128 tokens of c4_demo.json (seed 0) and folded into the kept "
         f"weights (the checkpoint keeps its stock architecture): "
@@ -492,7 +510,12 @@ def main() -> None:
         f"healing statistics pass plus the fit, plus the LoRA training. Sets: {', '.join(args.sets)}; "
         f"angular is chosen here (one forward pass), the others come from quality.json or docs/benchmarks.md "
         f"where the quality bench measured them, else are chosen here the way the quality bench does. "
-        f"{'--quick; ' if args.quick else ''}Whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
+        f"{'--quick; ' if args.quick else ''}"
+        + (
+            f"Whole bench {total / 60:.1f} min on {os.cpu_count()} CPUs."
+            if total is not None
+            else f"Rows read back from {os.path.basename(args.from_partial)} (--from-partial), {len(rows)} rows."
+        )
         + ("\n\n" + "\n".join(f"- {v}" for v in verdicts) if verdicts else "")
     )
     report_markdown(args.output_dir, "healing", text, note)
@@ -509,6 +532,7 @@ def main() -> None:
             "lora_batch_size": args.lora_batch_size,
             "lora_sets": args.lora_sets,
             "seconds": total,
+            "from_partial": args.from_partial,
             "torch": torch.__version__,
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
