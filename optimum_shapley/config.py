@@ -59,6 +59,11 @@ def default_strata(num_layers: int, num_remove: int) -> list[int]:
     return sorted(counts)
 
 
+def _finite_nonnegative(value: Any) -> bool:
+    """A ridge: a real number (not a bool) in [0, inf)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < float("inf")
+
+
 def _help(text: str, *aliases: str) -> dict[str, Any]:
     return {"help": text, "aliases": list(aliases)} if aliases else {"help": text}
 
@@ -255,7 +260,8 @@ class ShapleyPruningConfig(PushToHubMixin):
         default=0.01,
         metadata=_help(
             "heal=linear: ridge toward the identity (the unhealed model), in units of the mean eigenvalue; 0 is "
-            "plain least squares. Used for every run where heal_check is off or heal_ridge_choices is empty. Measured on SmolLM2-135M without 10 layers, 256 x 128 tokens, relative weights: "
+            "plain least squares. Used for every run where heal_check is off or heal_ridge_choices is empty. "
+            "Measured on SmolLM2-135M without 10 layers, 256 x 128 tokens, relative weights: "
             "0.01 best of 0.01 / 0.1 / 1 (docs/benchmarks.md)."
         ),
     )
@@ -391,14 +397,13 @@ class ShapleyPruningConfig(PushToHubMixin):
         if self.heal not in HEAL_METHODS:
             fail("heal", f"must be one of {HEAL_METHODS}, got {self.heal!r}")
         ridge = self.heal_ridge
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0 <= ridge < float("inf"):
+        if not _finite_nonnegative(ridge):
             fail("heal_ridge", f"must be a finite number >= 0, got {ridge!r}")
         choices = self.heal_ridge_choices
         if isinstance(choices, (str, bytes)) or not isinstance(choices, (list, tuple)):
             fail("heal_ridge_choices", f"must be a list of finite numbers >= 0, got {choices!r}")
-        for value in choices:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                fail("heal_ridge_choices", f"must be a list of finite numbers >= 0, got {choices!r}")
+        if not all(_finite_nonnegative(value) for value in choices):
+            fail("heal_ridge_choices", f"must be a list of finite numbers >= 0, got {choices!r}")
         self.heal_ridge_choices = sorted({float(value) for value in choices})
         if self.heal_diagonal and self.heal != "linear":
             fail("heal_diagonal", f"applies to heal='linear', got heal={self.heal!r}")
