@@ -108,6 +108,13 @@ def parse_args() -> argparse.Namespace:
         help="blocks of 128 tokens for the healing statistics (default: the config's; 0: the calibration set)",
     )
     parser.add_argument(
+        "--fit",
+        choices=("projection", "map"),
+        default=HEAL_DEFAULTS["heal_fit"],
+        help="linear: refit the MLP output projection before each run on its input ('projection'), or ReplaceMe's "
+        "map on its output ('map'); default the config's heal_fit (Gemma-3's post-norm takes the diagonal map)",
+    )
+    parser.add_argument(
         "--plain", action="store_true", help="linear: ReplaceMe's plain least squares (no per-token relative weights)"
     )
     parser.add_argument(
@@ -225,7 +232,7 @@ def _heal(bench, model, removed: list[int], method: str, args: argparse.Namespac
     """Heal ``model`` in place before its layers go; (options used, report). Raises HealingNotExactError."""
     family = model.config.get_text_config(decoder=True).model_type
     options = (
-        {"ridge": args.ridge, "diagonal": family in POST_NORM_FAMILIES, "relative": not args.plain}
+        {"ridge": args.ridge, "diagonal": family in POST_NORM_FAMILIES, "relative": not args.plain, "fit": args.fit}
         if method == "linear"
         else {}
     )
@@ -340,7 +347,8 @@ def _cell_text(row: dict | None) -> str:
         return "-"
     if "refused" in row:
         return "refused"
-    notes = (["diag."] if "diagonal" in row["method"] else []) + (
+    refits = [run for run in row.get("runs", []) if run.get("fit") == "projection"]
+    notes = (["diag."] if "diagonal" in row["method"] else []) + (["refit"] if refits else []) + (
         [f"{sum(run['folded'] for run in row['runs'])}/{len(row['runs'])} runs"] if row.get("check") else []
     )
     ridges = [f"{run['ridge']:g}" for run in row.get("runs", []) if run.get("folded") and "ridge_losses" in run]
@@ -487,13 +495,19 @@ def write_report(rows: list[dict], dense: dict, total: float | None, args: argpa
         f"and with linear healing followed by LoRA. Healing is fitted on "
         f"{args.heal_samples or args.num_samples} x 128 tokens of c4_demo.json (seed 0) and folded into the kept "
         f"weights (the checkpoint keeps its stock architecture): "
-        f"scale, the Prune&Comp magnitude scalar per removed run; linear, the ReplaceMe least-squares map per run"
-        f"{' (plain)' if args.plain else ', each token weighted by 1 / its target squared norm'}, "
+        f"scale, the Prune&Comp magnitude scalar per removed run; linear, "
         + (
-            "each run's ridge toward the identity (relative to the mean eigenvalue) chosen by the check among "
+            "the weight of the MLP output projection before each run refitted by least squares on its input "
+            "('refit'; a run with no such projection takes the ReplaceMe map)"
+            if args.fit == "projection"
+            else "the ReplaceMe least-squares map per run"
+        )
+        + f"{' (plain)' if args.plain else ', each token weighted by 1 / its target squared norm'}, "
+        + (
+            "each run's ridge toward the unhealed weights (relative to the mean eigenvalue) chosen by the check among "
             + ", ".join(f"{r:g}" for r in args.ridge_choices)
             if args.ridge_choices
-            else f"ridge {args.ridge:g} toward the identity (relative to the mean eigenvalue)"
+            else f"ridge {args.ridge:g} toward the unhealed weights (relative to the mean eigenvalue)"
         )
         + ", the diagonal variant on "
         "Gemma-3 (its post-feedforward norm admits no exact full-matrix fold). "
@@ -525,6 +539,7 @@ def write_report(rows: list[dict], dense: dict, total: float | None, args: argpa
             "num_samples": args.num_samples,
             "heal_samples": args.heal_samples,
             "relative": not args.plain,
+            "fit": args.fit,
             "ridge": None if args.ridge_choices else args.ridge,
             "ridge_choices": args.ridge_choices,
             "check": not args.no_check,

@@ -69,6 +69,7 @@ from .architectures import HEALING_LAYOUTS, BlockLayout, find_decoder_layers, ge
 from .surgery import PRUNING_RECORD_KEY, _kept_from_remove
 
 __all__ = [
+    "HEALING_FITS",
     "HEALING_METHODS",
     "HealingError",
     "HealingNotExactError",
@@ -84,6 +85,8 @@ __all__ = [
 ]
 
 HEALING_METHODS = ("linear", "scale")
+HEALING_FITS = ("map", "projection")
+"""``method="linear"``'s two fits: ReplaceMe's map ``T`` on the MLP output, or a refit of the projection producing it."""
 
 
 class HealingError(ValueError):
@@ -116,6 +119,7 @@ class HealingReport:
     # "folded" and "check_loss" (the loss with that run's patch alone)
     check: dict[str, Any] = field(default_factory=dict)
     ridge_choices: list[float] = field(default_factory=list)  # each run's ridge chosen by the check among these
+    fit: str = "map"  # linear: "projection" refits the output projection where it can; each run says its "fit"
     # each run's fitted patch (a map or a scalar), kept so that :func:`fold_healing` can fold it again without a
     # new fit; not part of the record
     fits: list[Any] = field(default_factory=list, repr=False, compare=False)
@@ -138,18 +142,35 @@ def _how(healing: Mapping[str, Any]) -> str:
             "one magnitude scalar s per run (Prune&Comp: the mean absolute value of the dense hidden state after "
             "the run over that before it, per channel, averaged over channels)"
         )
+    runs = healing.get("runs") or []
+    refitted = [run for run in runs if run.get("fit") == "projection"]
+    mapped = [run for run in runs if run.get("fit") != "projection"]
     kind = "a diagonal (per-channel) linear map" if healing.get("diagonal") else "a full linear map"
+    if refitted:
+        refit = (
+            "the weight of the MLP output projection of the kept block before the run refitted on that projection's "
+            "input (its bias kept), a superset of ReplaceMe's map on its output"
+        )
+        kind = (
+            f"per run, {refit}"
+            if not mapped
+            else f"for {', '.join(_span(r['removed_layers']) for r in refitted)}, {refit}; for "
+            f"{', '.join(_span(r['removed_layers']) for r in mapped)}, {kind} (ReplaceMe)"
+        )
+    else:
+        kind += " per run (ReplaceMe)"
+    toward = "the unhealed weights" if refitted else "the identity"
     ridge = healing.get("ridge") or 0.0
-    regulariser = f" with ridge {ridge:g} x the mean eigenvalue toward the identity" if ridge else ""
+    regulariser = f" with ridge {ridge:g} x the mean eigenvalue toward {toward}" if ridge else ""
     if healing.get("ridge_choices"):
         regulariser = (
-            " with a ridge toward the identity (x the mean eigenvalue) chosen per run by the check among "
+            f" with a ridge toward {toward} (x the mean eigenvalue) chosen per run by the check among "
             + ", ".join(f"{r:g}" for r in healing["ridge_choices"])
         )
     weighting = (
         ", each token's squared error weighted by 1 / its target's squared norm" if healing.get("relative") else ""
     )
-    return f"{kind} per run (ReplaceMe), fitted by least squares{weighting}{regulariser}"
+    return f"{kind}, fitted by least squares{weighting}{regulariser}"
 
 
 def folded_runs(healing: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -229,7 +250,13 @@ def healing_summary(healing: Mapping[str, Any]) -> str:
     runs = healing.get("runs") or []
     name = healing.get("method", "?")
     if name == "linear":
-        name += " (diagonal" if healing.get("diagonal") else " (full"
+        fits = {run.get("fit", "map") for run in runs}
+        if healing.get("diagonal"):
+            name += " (diagonal"
+        elif "projection" in fits:
+            name += " (projection refit" + (" + full map" if "map" in fits else "")
+        else:
+            name += " (full"
         name += ", relative" if healing.get("relative") else ""
         if healing.get("ridge_choices"):  # the ridges that shaped the weights: none where nothing was folded
             ridges = "/".join(f"{run['ridge']:g}" for run in folded_runs(healing))
@@ -254,6 +281,7 @@ class _Run:
     first: int  # a
     last: int  # b
     target: str = ""  # what the fold writes, for the report
+    kind: str = "map"  # linear: "map" (T on the MLP output) or "projection" (its projection's weight refitted)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -353,9 +381,17 @@ def _kept_after(run: _Run, kept: Sequence[int]) -> list[int]:
 
 
 def _plan(
-    model: nn.Module, blocks: nn.ModuleList, kept: Sequence[int], runs: list[_Run], method: str, diagonal: bool
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    kept: Sequence[int],
+    runs: list[_Run],
+    method: str,
+    diagonal: bool,
+    fit: str = "map",
 ) -> None:
-    """Check that every run has an exact fold and name it; raises before any statistic or weight is touched."""
+    """Check that every run has an exact fold and name it (and, for ``fit="projection"``, which runs can refit the
+    projection: a full fit into a block's own output projection); raises before any statistic or weight is
+    touched."""
     model_type, layout = _layout(model)
     for run in runs:
         span = f"layers {run.first}-{run.last}" if run.last > run.first else f"layer {run.first}"
@@ -403,6 +439,9 @@ def _plan(
             module = _required(block, layout.mlp_projection, model_type)
             _check_projection(module, f"layers.{run.before}.{layout.mlp_projection}", model_type)
             run.target = f"layers.{run.before}.{layout.mlp_projection}"
+            if method == "linear" and fit == "projection" and not diagonal:
+                run.kind = "projection"
+                run.target += ".weight (refitted)"
         _required(block, layout.mlp_output, model_type)
 
 
@@ -482,6 +521,9 @@ class _Collector:
                 if self.method == "linear":
                     module = _submodule(block, self.layout.mlp_output)
                     self.handles.append(module.register_forward_hook(self._mlp_hook(run)))
+                if run.kind == "projection":
+                    module = _submodule(block, self.layout.mlp_projection)
+                    self.handles.append(module.register_forward_hook(self._projection_hook(run)))
                 self.handles.append(block.register_forward_hook(self._before_hook(run)))
         ends: dict[int, list[_Run]] = {}
         for run in self.runs:
@@ -507,6 +549,15 @@ class _Collector:
     def _mlp_hook(self, run: _Run):
         def hook(module, args, output):
             run.pending["m"] = self._flat(_first_tensor(output))  # a copy: Falcon adds to it in place afterwards
+
+        return hook
+
+    def _projection_hook(self, run: _Run):
+        def hook(module, args, output):
+            run.pending["z"] = self._flat(args[0])  # the projection's input, (tokens, its in_features)
+            bias = getattr(module, "bias", None)
+            if bias is not None:
+                run.pending["bias"] = bias.detach().to(device=run.pending["z"].device, dtype=torch.float64)
 
         return hook
 
@@ -550,7 +601,19 @@ class _Collector:
         _accumulate(run, "yy", (w * norms).sum())
         _accumulate(run, "rr", (w * (r * r).sum(1)).sum())
         mw = m * w[:, None] if self.relative else m
-        if self.diagonal:
+        if run.kind == "projection":
+            if "z" not in run.pending:
+                raise HealingError(
+                    f"layers.{run.before}.{self.layout.mlp_projection} was not called as a module (a fused kernel "
+                    "reads its weight directly), so its input cannot be seen; use fit='map'"
+                )
+            z = run.pending.pop("z")
+            target = r - run.pending.pop("bias", 0.0)  # what z W^T should be: the bias stays as it is
+            zw = z * w[:, None] if self.relative else z
+            _accumulate(run, "zz", zw.T @ z)
+            _accumulate(run, "zr", zw.T @ target)
+            _accumulate(run, "tt", (w * (target * target).sum(1)).sum())
+        elif self.diagonal:
             _accumulate(run, "mm_diag", (mw * m).sum(0))
             _accumulate(run, "mr_diag", (mw * r).sum(0))
         else:
@@ -627,6 +690,39 @@ def _fit_linear(run: _Run, ridge: float, diagonal: bool) -> tuple[torch.Tensor, 
     return transform, {
         "residual_before": max(before, 0.0) / denominator,
         "residual_after": max(after, 0.0) / denominator,
+        "ridge_lambda": lam,
+    }
+
+
+def _projection_weight(module: nn.Module) -> torch.Tensor:
+    """The projection's weight as ``(out, in)`` in float64 on the CPU (``Conv1D`` stores it transposed)."""
+    weight = module.weight.detach().to(device="cpu", dtype=torch.float64)
+    return weight.T if _is_conv1d(module) else weight
+
+
+def _fit_projection(run: _Run, ridge: float, weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The projection's new weight ``W`` (``(out, in)``): ``argmin ||z W^T - (r - c)||^2 + lam ||W - W0||^2`` over
+    the projection's inputs ``z``, its bias ``c`` fixed, with ``lam = ridge * trace(z^T z) / in``; ``ridge=0`` is
+    the minimum-norm change from ``W0``. ReplaceMe's ``T^T W0`` is one such ``W``: this fit can only do better on
+    the same statistics (measured on SmolLM2-135M in docs/healing.md)."""
+    s = {k: v.detach().cpu() for k, v in run.stats.items()}
+    zz, zr, tt, yy = s["zz"], s["zr"], float(s["tt"]), float(s["yy"])
+    inputs = zz.shape[0]
+    lam = ridge * float(torch.trace(zz)) / inputs
+    gap = zr - zz @ weight.T  # the normal equations' right-hand side for the change D = W^T - W0^T
+    if lam > 0:
+        change = torch.linalg.solve(zz + lam * torch.eye(inputs, dtype=torch.float64), gap)
+    else:
+        change = torch.linalg.lstsq(zz, gap, driver="gelsd").solution
+    new = weight + change.T
+
+    def error(w: torch.Tensor) -> float:
+        return float((w @ zz * w).sum() - 2 * (w.T * zr).sum()) + tt
+
+    denominator = yy if yy > 0 else 1.0
+    return new, {
+        "residual_before": max(error(weight), 0.0) / denominator,
+        "residual_after": max(error(new), 0.0) / denominator,
         "ridge_lambda": lam,
     }
 
@@ -730,6 +826,7 @@ def heal_removed_layers(
     check: Callable[[], float] | None = None,
     check_description: str = "the check loss",
     ridge_choices: Sequence[float] = (),
+    fit: str = "map",
 ) -> HealingReport:
     """Fit a training-free patch for every maximal run of ``removed_layers`` and fold it into the kept weights.
 
@@ -744,6 +841,11 @@ def heal_removed_layers(
     the card), only the runs whose patch lowers it are folded (module docstring); 1 + runs + (helpful runs - 1)
     calls at most. ``ridge_choices`` (linear, with ``check``): each run's ridge is the one of these whose patch
     alone gives the lowest check loss (``ridge`` is then not used); one more call per run and extra ridge.
+    ``fit`` (linear): ``"map"`` is ReplaceMe's ``T`` on the MLP output; ``"projection"`` refits the weight of the
+    output projection itself on its input (ridge toward its original weight), a superset of ``T^T W``, for every run
+    whose kept block before it has one writing the stream (not through a post-norm, not a run at layer 0, not
+    ``diagonal``); those runs get the map, and each run record says its ``fit``. Its statistics are ``in x in``
+    (the MLP width) instead of ``hidden x hidden`` per run.
 
     Raises ``HealingError`` for bad input and ``HealingNotExactError`` where no exact fold exists, in both cases
     before any weight is changed.
@@ -766,6 +868,10 @@ def heal_removed_layers(
         for value in ridge_choices:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise HealingError(f"ridge_choices must be finite numbers >= 0, got {value!r}")
+    if fit not in HEALING_FITS:
+        raise HealingError(f"fit must be one of {HEALING_FITS}, got {fit!r}")
+    if method == "scale" and fit != "map":
+        raise HealingError("fit='projection' applies to method='linear'; method='scale' fits one scalar per run")
     if method == "scale" and (diagonal or ridge or relative):
         raise HealingError(
             "ridge, diagonal and relative apply to method='linear'; method='scale' fits one scalar per run"
@@ -776,9 +882,9 @@ def heal_removed_layers(
     removed = [i for i in range(len(blocks)) if i not in set(kept)]
     runs = _runs(removed)
     if not runs:
-        return HealingReport(method, [], time.perf_counter() - start, 0, 0, float(ridge), diagonal)
+        return HealingReport(method, [], time.perf_counter() - start, 0, 0, float(ridge), diagonal, fit=fit)
     _, layout = _layout(model)
-    _plan(model, blocks, kept, runs, method, diagonal)
+    _plan(model, blocks, kept, runs, method, diagonal, fit)
     num_batches, num_tokens = _collect(model, blocks, runs, layout, method, diagonal, calibration_batches, relative)
 
     ridges = [float(r) for r in ridge_choices] if ridge_choices else [float(ridge)]
@@ -786,14 +892,19 @@ def heal_removed_layers(
     for run in runs:
         if method == "scale":
             choices.append([_fit_scale(run)])
+        elif run.kind == "projection":
+            weight = _projection_weight(_submodule(blocks[run.before], layout.mlp_projection))
+            choices.append([_fit_projection(run, r, weight) for r in ridges])
         else:
             choices.append([_fit_linear(run, r, diagonal) for r in ridges])
+        if method == "linear":
             for r, (_, numbers) in zip(ridges, choices[-1]):
                 numbers["ridge"] = r
         run.stats.clear()
     fits: list[Any] = [options[0][0] for options in choices]
     records: list[dict[str, Any]] = [
         {"removed_layers": run.layers, "fold_block": run.before, "target": run.target, **options[0][1]}
+        | ({"fit": run.kind} if method == "linear" else {})
         for run, options in zip(runs, choices)
     ]
 
@@ -832,6 +943,7 @@ def heal_removed_layers(
         relative=relative,  # False for scale: refused above
         check=check_record,
         ridge_choices=list(ridges) if ridge_choices else [],
+        fit=fit,
         fits=fits,
     )
 
@@ -853,7 +965,7 @@ def fold_healing(model: nn.Module, removed_layers: Sequence[int], report: Healin
             f"{[run.layers for run in runs]} (or it kept no fits)"
         )
     _, layout = _layout(model)
-    _plan(model, blocks, kept, runs, report.method, report.diagonal)
+    _plan(model, blocks, kept, runs, report.method, report.diagonal, report.fit)
     for run, fit, record in zip(runs, report.fits, report.runs):
         if record.get("folded", True):
             _apply(model, blocks, kept, run, fit, layout, report.method)
@@ -936,6 +1048,9 @@ def _apply(model, blocks, kept, run: _Run, fit: Any, layout: BlockLayout, method
         return
     if run.before is None:
         _fold_into_tables(_embedding_tables(model, layout), fit)
+    elif run.kind == "projection":
+        module = _submodule(blocks[run.before], layout.mlp_projection)
+        _set(module.weight, fit.T if _is_conv1d(module) else fit)
     elif layout.mlp_projection is None:
         _fold_into_norm(_submodule(blocks[run.before], layout.mlp_post_norm), fit, layout.norm_weight_offset)
     else:
@@ -955,9 +1070,10 @@ def record_healing(model: nn.Module, report: HealingReport) -> None:
         "diagonal": report.diagonal,
         "ridge": report.ridge,
         "relative": report.relative,
+        **({"fit": report.fit} if report.method == "linear" else {}),
         "calibration_tokens": report.calibration_tokens,
         "runs": [
-            {key: run[key] for key in ("removed_layers", "target", "scale", "folded", "ridge") if key in run}
+            {key: run[key] for key in ("removed_layers", "target", "fit", "scale", "folded", "ridge") if key in run}
             | {"residual_before": round(run["residual_before"], 6), "residual_after": round(run["residual_after"], 6)}
             for run in report.runs
         ],

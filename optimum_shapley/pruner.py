@@ -491,6 +491,7 @@ class ShapleyLayerPruner(Trainer):
             "method": config.heal,
             "ridge": config.heal_ridge if linear else 0.0,
             "diagonal": config.heal_diagonal,
+            "fit": config.heal_fit if linear else "map",
             "relative": config.heal_relative and linear,
             # the check chooses each run's ridge; without it there is nothing to choose by
             "ridge_choices": config.heal_ridge_choices if linear and config.heal_check else (),

@@ -109,7 +109,7 @@ def _healed_by_hand(dense, candidate: dict, batches: list) -> torch.nn.Module:
     for run, keep, ridge in zip(runs, folded, ridges):
         if keep:
             alone = copy.deepcopy(dense)
-            heal_removed_layers(alone, run, batches, ridge=ridge, relative=True)
+            heal_removed_layers(alone, run, batches, ridge=ridge, relative=True, fit="projection")
             changed = {n: t for n, t in alone.state_dict().items() if not torch.equal(t, original[n])}
             assert changed, f"healing run {run} wrote nothing"
             healed.load_state_dict(changed, strict=False)

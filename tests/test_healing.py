@@ -20,6 +20,7 @@ from optimum_shapley.healing import (
     HealingNotExactError,
     _fold_into_projection,
     heal_removed_layers,
+    healing_summary,
     record_healing,
 )
 from optimum_shapley.surgery import LayerSelectionError
@@ -83,12 +84,15 @@ def test_fold_into_linear_and_conv1d_applies_the_map_to_the_output():
 # (a) exact fit where the target is linear-reachable
 
 
+@pytest.mark.parametrize("fit", ["map", "projection"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("removed", [REMOVED, FROM_ZERO, TRAILING], ids=["runs-1-2+4", "run-0-1", "run-4-5"])
-def test_linear_fit_is_exact_when_the_target_is_reachable(arch, removed):
+def test_linear_fit_is_exact_when_the_target_is_reachable(arch, removed, fit):
     """With no more calibration tokens than hidden channels (32) and no ridge, least squares reaches any target:
     the healed pruned model then gives the dense model's logits on those tokens, through every run. A diagonal
-    map (the only exact one for Gemma's post-norm) reaches any target on a single token."""
+    map (the only exact one for Gemma's post-norm) reaches any target on a single token. The projection refit
+    (MLP width 64 or more) reaches it too, and is used exactly where a block's own output projection writes the
+    stream: not for a run at layer 0 (the map into the embeddings) nor through Gemma's post-norm."""
     model = tiny_model(arch)
     diagonal = arch in POST_NORM
     inputs = tiny_inputs(batch=1, length=1) if diagonal else tiny_inputs(batch=2, length=8)
@@ -96,12 +100,16 @@ def test_linear_fit_is_exact_when_the_target_is_reachable(arch, removed):
     if removed == FROM_ZERO and arch in TIED:
         before = _state(model)
         with pytest.raises(HealingNotExactError, match="tied to the LM head"):
-            heal_removed_layers(model, removed, [inputs], method="linear", diagonal=diagonal)
+            heal_removed_layers(model, removed, [inputs], method="linear", diagonal=diagonal, fit=fit)
         _assert_unchanged(model, before)
         return
-    report = heal_removed_layers(model, removed, [inputs], method="linear", diagonal=diagonal)
+    report = heal_removed_layers(model, removed, [inputs], method="linear", diagonal=diagonal, fit=fit)
+    assert report.fit == fit
     assert [run["removed_layers"] for run in report.runs] == ([[1, 2], [4]] if removed == REMOVED else [list(removed)])
     for run in report.runs:
+        refits = fit == "projection" and run["fold_block"] is not None and arch not in POST_NORM
+        assert run["fit"] == ("projection" if refits else "map")
+        assert run["target"].endswith(".weight (refitted)") == refits
         assert run["residual_before"] > 1e-3
         assert run["residual_after"] < 1e-9
     unhealed = drop_layers(copy.deepcopy(tiny_model(arch)), removed)
@@ -154,11 +162,12 @@ def test_scale_of_a_trailing_run_is_reported_as_a_no_op():
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("method", ["linear", "scale"])
-def test_healed_checkpoint_reloads_with_the_same_logits(arch, method, tmp_path):
+@pytest.mark.parametrize("method, fit", [("linear", "map"), ("linear", "projection"), ("scale", "map")])
+def test_healed_checkpoint_reloads_with_the_same_logits(arch, method, fit, tmp_path):
     model = tiny_model(arch)
     calibration = [tiny_inputs(batch=2, length=12, seed=s) for s in (3, 4)]
     options = {"diagonal": True} if method == "linear" and arch in POST_NORM else {}
+    options.update({"fit": fit} if method == "linear" else {})
     original = _state(model)
     report = heal_removed_layers(model, REMOVED, calibration, method=method, **options)
     assert report.calibration_tokens == 48 and report.calibration_batches == 2
@@ -175,6 +184,9 @@ def test_healed_checkpoint_reloads_with_the_same_logits(arch, method, tmp_path):
     torch.testing.assert_close(_logits(reloaded, inputs), expected, rtol=0, atol=1e-6)
     healing = reloaded.config.get_text_config(decoder=True).layer_pruning["healing"]
     assert healing["method"] == method and [r["removed_layers"] for r in healing["runs"]] == [[1, 2], [4]]
+    if method == "linear":
+        refits = fit == "projection" and arch not in POST_NORM
+        assert healing["fit"] == fit and [r["fit"] for r in healing["runs"]] == ["projection" if refits else "map"] * 2
 
 
 @pytest.mark.parametrize("arch", sorted(POST_NORM))
@@ -221,7 +233,11 @@ def _nll(model, ids: torch.Tensor) -> float:
     "arch, methods",
     # seed 0 is the first seed tried; linear lowered both losses for seeds 0-2 on llama, gpt2 and opt, scale for
     # seeds 0-2 on llama only (on random gpt2/opt models the magnitude scalar sometimes raises the loss)
-    [("llama", ("linear", "scale")), ("gpt2", ("linear",)), ("opt", ("linear",))],
+    [
+        ("llama", ("linear", "scale", "projection")),
+        ("gpt2", ("linear", "projection")),
+        ("opt", ("linear", "projection")),
+    ],
 )
 def test_healing_lowers_calibration_and_held_out_loss(arch, methods):
     dense = tiny_model(arch, seed=0, initializer_range=0.2)  # wider weights: a model with something to lose
@@ -232,7 +248,8 @@ def test_healing_lowers_calibration_and_held_out_loss(arch, methods):
     unhealed = (_nll(pruned, calibration), _nll(pruned, held_out))
     for method in methods:
         model = copy.deepcopy(dense)
-        heal_removed_layers(model, removed, batches, method=method)
+        options = {"method": "linear", "fit": "projection"} if method == "projection" else {"method": method}
+        heal_removed_layers(model, removed, batches, **options)
         drop_layers(model, removed)
         healed = (_nll(model, calibration), _nll(model, held_out))
         assert healed[0] < unhealed[0], (method, healed, unhealed)
@@ -263,6 +280,43 @@ def test_ridge_and_diagonal_trade_fit_for_stability():
     assert report.runs[0]["ridge_lambda"] > 0 and report.ridge == 1e-3
 
 
+def test_projection_refit_fits_at_least_as_well_as_the_map_and_shrinks_toward_the_original_weight():
+    """``T^T W`` is one of the weights the refit can reach, so on the same tokens its error is never larger; its
+    ridge shrinks toward the unhealed weight (a huge ridge changes nothing)."""
+    calibration = [tiny_inputs(batch=4, length=16, seed=s) for s in range(3)]  # 192 tokens > 64 MLP channels
+    for ridge in (0.0, 1e-3, 1.0):
+        mapped = heal_removed_layers(tiny_model("llama"), [2, 3], calibration, ridge=ridge).runs[0]
+        refit = heal_removed_layers(tiny_model("llama"), [2, 3], calibration, ridge=ridge, fit="projection").runs[0]
+        assert refit["residual_before"] == pytest.approx(mapped["residual_before"], rel=1e-9)
+        if ridge == 0.0:
+            assert refit["residual_after"] <= mapped["residual_after"] + 1e-12
+        assert refit["residual_after"] < refit["residual_before"]
+    model = tiny_model("llama")
+    before = _state(model)
+    run = heal_removed_layers(model, [2, 3], calibration, ridge=1e12, fit="projection").runs[0]
+    assert run["residual_after"] == pytest.approx(run["residual_before"], rel=1e-6)
+    torch.testing.assert_close(
+        model.model.layers[1].mlp.down_proj.weight, before["model.layers.1.mlp.down_proj.weight"]
+    )
+
+
+def test_projection_refit_refuses_a_projection_it_cannot_see():
+    """A block whose MLP reads its output projection's weight without calling the module (a fused kernel) hides
+    the projection's input: a clear error, weights unchanged."""
+    model = tiny_model("llama")
+    mlp = model.model.layers[1].mlp
+
+    def fused(x, mlp=mlp):
+        return F.linear(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj.weight)
+
+    mlp.forward = fused
+    before = _state(model)
+    with pytest.raises(HealingError, match="was not called as a module.*fit='map'"):
+        heal_removed_layers(model, [2], [tiny_inputs()], fit="projection")
+    _assert_unchanged(model, before)
+    heal_removed_layers(model, [2], [tiny_inputs()], fit="map")  # the map only needs the MLP's output
+
+
 def test_padded_tokens_are_left_out():
     ids = tiny_inputs(batch=1, length=10)["input_ids"]
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=ids.dtype)], dim=1)  # right padding: earlier tokens unchanged
@@ -284,6 +338,30 @@ def test_report_is_json_and_describes_the_run():
     assert "full linear map per run (ReplaceMe), fitted by least squares" in text
     assert "over 20 tokens of the calibration text" in text
     assert "layers 1-2 -> layers.0.mlp.down_proj; layer 4 -> layers.3.mlp.down_proj" in text
+
+
+def test_report_says_which_runs_refit_the_projection_and_which_take_the_map():
+    """A run at layer 0 has no block before it: its map folds into the embeddings while a later run refits its
+    block's projection; the card and the summary say so, run by run."""
+    report = heal_removed_layers(tiny_model("llama"), [0, 1, 4], [tiny_inputs()], ridge=0.1, fit="projection")
+    assert [run["fit"] for run in report.runs] == ["map", "projection"]
+    text, summary = report.describe(), healing_summary(report.to_dict())
+    assert (
+        "for layer 4, the weight of the MLP output projection of the kept block before the run refitted on that "
+        "projection's input (its bias kept), a superset of ReplaceMe's map on its output; for layers 0-1, a full "
+        "linear map (ReplaceMe), fitted by least squares with ridge 0.1 x the mean eigenvalue toward the unhealed "
+        "weights"
+    ) in text
+    assert "layers 0-1 -> input embeddings; layer 4 -> layers.3.mlp.down_proj.weight (refitted)" in text
+    assert summary.startswith("linear (projection refit + full map, ridge 0.1), 2 runs")
+    only = heal_removed_layers(tiny_model("llama"), [2, 3], [tiny_inputs()], fit="projection")
+    assert "per run, the weight of the MLP output projection" in only.describe()
+    assert healing_summary(only.to_dict()).startswith("linear (projection refit, ridge 0), 1 run")
+    gemma = heal_removed_layers(tiny_model("gemma3_text"), [2, 3], [tiny_inputs()], diagonal=True, fit="projection")
+    assert (
+        gemma.runs[0]["fit"] == "map" and "a diagonal (per-channel) linear map per run (ReplaceMe)" in gemma.describe()
+    )
+    assert healing_summary(gemma.to_dict()).startswith("linear (diagonal, ridge 0)")
 
 
 def test_nothing_removed_is_a_no_op():
@@ -308,6 +386,8 @@ def test_nothing_removed_is_a_no_op():
         ({"ridge": float("nan")}, HealingError, "ridge must be a finite number"),
         ({"diagonal": "yes"}, HealingError, "diagonal must be True or False"),
         ({"method": "scale", "diagonal": True}, HealingError, "apply to method='linear'"),
+        ({"fit": "weights"}, HealingError, "fit must be one of"),
+        ({"method": "scale", "fit": "projection"}, HealingError, "fit='projection' applies to method='linear'"),
         ({"removed_layers": [6]}, LayerSelectionError, "out of range"),
         ({"removed_layers": [-1]}, LayerSelectionError, "out of range"),
         ({"removed_layers": [2, 2]}, LayerSelectionError, "duplicate"),
@@ -383,7 +463,9 @@ def test_pruner_heals_on_heal_num_samples_blocks_of_the_calibration_text(tmp_pat
     assert healing["calibration_tokens"] == 6 * 16 and len(pruner.calibration_dataset) == 4
     blocks = _config_blocks(pruner.processing_class, pruner.pruning_config, 6, pruner.pruning_config.seed)
     expected = copy.deepcopy(dense)
-    heal_removed_layers(expected, [3, 4], [{"input_ids": blocks.input_ids}], ridge=0.01, relative=True)
+    heal_removed_layers(
+        expected, [3, 4], [{"input_ids": blocks.input_ids}], ridge=0.01, relative=True, fit="projection"
+    )
     drop_layers(expected, [3, 4])
     inputs = tiny_inputs(seed=5)
     torch.testing.assert_close(_logits(pruner.model, inputs), _logits(expected, inputs), rtol=1e-5, atol=1e-6)
@@ -407,7 +489,9 @@ def test_pruner_heals_on_its_calibration_batches_before_removing(heal, tmp_path)
     # the same as healing by hand on the same calibration blocks, then dropping the layers
     batches = [{"input_ids": pruner.calibration_dataset.input_ids}]
     expected = copy.deepcopy(dense)
-    heal_removed_layers(expected, [3, 4], batches, method=heal, ridge=healing["ridge"], relative=healing["relative"])
+    assert healing["fit"] == ("projection" if heal == "linear" else "map")  # the config's default fit, for linear
+    options = {"ridge": healing["ridge"], "relative": healing["relative"], "fit": healing["fit"]}
+    heal_removed_layers(expected, [3, 4], batches, method=heal, **options)
     drop_layers(expected, [3, 4])
     inputs = tiny_inputs(seed=5)
     torch.testing.assert_close(_logits(pruner.model, inputs), _logits(expected, inputs), rtol=1e-5, atol=1e-6)
@@ -450,6 +534,7 @@ def test_pruner_refuses_an_unhealable_family_before_any_work(tmp_path):
         ({"heal": "lora"}, "heal: must be one of"),
         ({"heal": "linear", "heal_ridge": -1.0}, "heal_ridge: must be a finite number >= 0"),
         ({"heal": "scale", "heal_diagonal": True}, "heal_diagonal: applies to heal='linear'"),
+        ({"heal": "linear", "heal_fit": "weights"}, "heal_fit: must be one of"),
         ({"heal": "linear", "heal_ridge_choices": [0.1, -1.0]}, "heal_ridge_choices: must be a list of finite"),
         ({"heal": "linear", "heal_ridge_choices": [float("nan")]}, "heal_ridge_choices: must be a list of finite"),
         ({"heal": "linear", "heal_ridge_choices": "0.1"}, "heal_ridge_choices: must be a list of finite"),
@@ -485,6 +570,7 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
         "--heal_ridge",
         "--heal_ridge_choices",
         "--heal_diagonal",
+        "--heal_fit",
         "--heal_relative",
         "--heal_num_samples",
     )
@@ -495,18 +581,21 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     flags = ["--heal", "linear", "--heal_ridge", "0.5", "--heal_num_samples", "5", "--heal_check", "false"]
     assert main(["prune", model_dir, "--output", str(out), *flags, *CLI_FAST]) == 0
     summary = capsys.readouterr().out
-    assert "healing" in summary and "linear (full, relative, ridge 0.5), 1 run" in summary
+    assert "healing" in summary and "linear (projection refit, relative, ridge 0.5), 1 run" in summary
     results = json.loads((out / "shapley_results.json").read_text())
     assert results["healing"]["method"] == "linear" and results["healing"]["ridge"] == 0.5
     assert results["healing"]["relative"] is True and results["healing"]["calibration_batches"] >= 1
     card = (out / "README.md").read_text()
     assert "each token's squared error weighted by 1 / its target's squared norm" in card
+    assert "the weight of the MLP output projection of the kept block before the run refitted" in card
+    assert "ridge 0.5 x the mean eigenvalue toward the unhealed weights" in card
     assert "mean per-token relative squared error" in card
     assert "5 x 16 tokens of `" in card and "healing's own sample (heal_num_samples)" in card
     assert results["healing"]["calibration_set"] is False and results["healing"]["num_samples"] == 5
 
     plain = tmp_path / "plain"
     flags = ["--heal", "linear", "--heal_relative", "false", "--heal_num_samples", "0", "--heal_check", "false"]
+    flags += ["--heal_fit", "map"]  # ReplaceMe's map, plain least squares
     assert main(["prune", model_dir, "--output", str(plain), *flags, *CLI_FAST]) == 0
     assert "linear (full, ridge 0.01), 1 run" in capsys.readouterr().out
     card = (plain / "README.md").read_text()
@@ -514,7 +603,11 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     assert "4 x 16 tokens of `" in card and "the text that chose the layers" in card and "own sample" not in card
     assert results["config"]["heal"] == "linear"
     config = json.loads((out / "config.json").read_text())
-    assert config["layer_pruning"]["healing"]["runs"][0]["target"] == "layers.2.mlp.down_proj"
+    assert config["layer_pruning"]["healing"]["runs"][0]["target"] == "layers.2.mlp.down_proj.weight (refitted)"
+    assert config["layer_pruning"]["healing"]["fit"] == "projection"
+    plain_config = json.loads((plain / "config.json").read_text())["layer_pruning"]["healing"]
+    assert plain_config["fit"] == "map" and plain_config["runs"][0]["target"] == "layers.2.mlp.down_proj"
+    assert "a full linear map per run (ReplaceMe)" in card
 
     # checked (the default), each run's ridge chosen among the given ones
     chosen = tmp_path / "chosen"
@@ -525,7 +618,7 @@ def test_cli_heal_flag(model_dir, tmp_path, capsys):
     if healing["runs"][0]["folded"]:
         assert f"ridge per run {healing['runs'][0]['ridge']:g})" in summary
     else:
-        assert "linear (full, relative), 0 of 1 run folded (checked)" in summary
+        assert "linear (projection refit, relative), 0 of 1 run folded (checked)" in summary
     assert healing["ridge_choices"] == [0.01, 1.0] and healing["ridge"] is None
     assert len(healing["runs"][0]["ridge_losses"]) == 2 and healing["runs"][0]["ridge"] in (0.01, 1.0)
     assert "chosen per run by the check among 0.01, 1" in (chosen / "README.md").read_text()

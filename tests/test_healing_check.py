@@ -293,7 +293,7 @@ def test_pruner_chooses_each_runs_ridge_among_the_configs_choices(tmp_path, monk
     by_hand = copy.deepcopy(dense)
     if run.get("folded", True):
         batches = [{"input_ids": pruner.calibration_dataset.input_ids}]
-        heal_removed_layers(by_hand, [3, 4], batches, ridge=ridge, relative=True)
+        heal_removed_layers(by_hand, [3, 4], batches, ridge=ridge, relative=True, fit="projection")
     drop_layers(by_hand, [3, 4])
     inputs = tiny_inputs(seed=5)
     torch.testing.assert_close(_logits(pruner.model, inputs), _logits(by_hand, inputs), rtol=1e-5, atol=1e-6)
