@@ -136,7 +136,14 @@ def healed_as_scored(bench, candidate: dict, heal_blocks, config: ShapleyPruning
         alone = copy.deepcopy(bench.model)
         batches = DataLoader(heal_blocks, batch_size=bench.batch_size, collate_fn=default_data_collator)
         heal_removed_layers(
-            alone, run, batches, method="linear", ridge=ridge, diagonal=diagonal, relative=config.heal_relative
+            alone,
+            run,
+            batches,
+            method="linear",
+            ridge=ridge,
+            diagonal=diagonal,
+            relative=config.heal_relative,
+            fit=config.heal_fit,
         )
         model.load_state_dict(
             {n: t for n, t in alone.state_dict().items() if not torch.equal(t, dense[n])}, strict=False

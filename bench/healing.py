@@ -348,8 +348,10 @@ def _cell_text(row: dict | None) -> str:
     if "refused" in row:
         return "refused"
     refits = [run for run in row.get("runs", []) if run.get("fit") == "projection"]
-    notes = (["diag."] if "diagonal" in row["method"] else []) + (["refit"] if refits else []) + (
-        [f"{sum(run['folded'] for run in row['runs'])}/{len(row['runs'])} runs"] if row.get("check") else []
+    notes = (
+        (["diag."] if "diagonal" in row["method"] else [])
+        + (["refit"] if refits else [])
+        + ([f"{sum(run['folded'] for run in row['runs'])}/{len(row['runs'])} runs"] if row.get("check") else [])
     )
     ridges = [f"{run['ridge']:g}" for run in row.get("runs", []) if run.get("folded") and "ridge_losses" in run]
     notes += [f"ridge {'/'.join(ridges)}"] if ridges else []  # each folded run's ridge, where the check chose it

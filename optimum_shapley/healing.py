@@ -31,6 +31,16 @@ dense hidden state entering block ``b + 1`` (the stream after block ``b``), ``m`
     embedding sum (``h = 0``) and ``T`` folds into the token (and position) tables ``E <- E T``, unless the token
     table is tied to the LM head (that would change the head too) or a projection sits in between: refused.
 
+``fit="projection"`` (linear; the config's default, ``heal_fit``): instead of a map ``T`` on the MLP's output, the
+    weight ``W`` of the projection producing it is refitted on that projection's input ``z`` (the MLP's inner
+    activation, ``m = z W^T + c``): ``W = argmin ||z W^T - (Y - h - c)||^2 + lam ||W - W0||^2``, the bias ``c``
+    fixed, ``lam = ridge * trace(z^T z) / in``, the same per-token weights. ``T^T W0`` is one such ``W``, so on the
+    same statistics the refit's error is never larger; its statistics are ``in x in`` (the MLP width, 1536 on
+    SmolLM2-135M) per run instead of ``hidden x hidden``. Folded by writing ``W`` (``Conv1D``: ``W^T``). Only where
+    block ``p``'s own projection writes the stream: a run at layer 0 (the embeddings) and Gemma's post-norm keep the
+    map, and ``diagonal=True`` is a map by definition; each run's record says its ``fit``. A block whose MLP reads
+    the projection's weight without calling it (a fused kernel) hides ``z``: refused (``fit="map"`` works there).
+
 ``method="scale"`` (Prune&Comp, AAAI 2026): one scalar per run, ``s = mean_c(sum_t |Y_tc|) / mean_c(sum_t |x_tc|)``
     ... precisely the paper's statistic: for each channel ``c`` the ratio of the mean absolute value of the dense
     stream after the run (``Y``) to that before it (``x = h_out(p)``, or the embeddings for a run at layer 0), averaged
