@@ -42,12 +42,12 @@ sys.path.insert(0, ROOT)
 
 from common import DEFAULT_DATA_DIR, data_paths, load_bench_model, report_markdown  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from transformers import default_data_collator  # noqa: E402
+from transformers import AutoModelForCausalLM, default_data_collator  # noqa: E402
 
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, drop_layers  # noqa: E402
 from optimum_shapley.data import build_calibration_dataset  # noqa: E402
 from optimum_shapley.evaluation import MaskEvaluator, perplexity_of_windows  # noqa: E402
-from optimum_shapley.healing import HealingNotExactError, heal_removed_layers  # noqa: E402
+from optimum_shapley.healing import HealingNotExactError, heal_removed_layers, record_healing  # noqa: E402
 from optimum_shapley.pruner import pruning_arguments  # noqa: E402
 from optimum_shapley.recovery import recover  # noqa: E402
 
@@ -283,6 +283,7 @@ def healed_ppl(bench, removed: list[int], method: str, args: argparse.Namespace)
     except HealingNotExactError as error:
         return {"method": method, "refused": str(error)}
     drop_layers(model, removed)
+    record_healing(model, report)
     start = time.perf_counter()
     ppl = perplexity_of_windows(model, bench.windows, bench.batch_size)
     row = {
@@ -293,10 +294,32 @@ def healed_ppl(bench, removed: list[int], method: str, args: argparse.Namespace)
         "calibration_tokens": report.calibration_tokens,
         "runs": report.runs,
         "check": report.check,
+        "reload_max_abs_diff": reload_difference(model, bench.windows[:RELOAD_WINDOWS]),
     }
     del model
     gc.collect()
     return row
+
+
+RELOAD_WINDOWS = 4
+"""WikiText-2 windows on which the reloaded checkpoint's logits are compared with the healed model's in memory."""
+RELOAD_TOLERANCE = 1e-4
+"""The largest absolute logit difference the reload may show (float32 kernels; tests/test_real_models.py's)."""
+
+
+def reload_difference(model, windows: torch.Tensor) -> float:
+    """Save the healed, pruned model, reload it with plain ``AutoModelForCausalLM.from_pretrained`` and return the
+    largest absolute difference of its logits from the in-memory model's on ``windows`` (issue #17: the checkpoint
+    must reload to the logits it gave in memory, on both real models)."""
+    with tempfile.TemporaryDirectory(prefix="healing-reload-") as folder:
+        model.save_pretrained(folder)
+        reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=model.dtype).eval()
+        with torch.no_grad():
+            expected = model.eval()(input_ids=windows).logits
+            actual = reloaded(input_ids=windows).logits
+    del reloaded
+    gc.collect()
+    return float((actual - expected).abs().max())
 
 
 def lora_ppl(bench, c4: str, removed: list[int], heal: str | None, args: argparse.Namespace) -> dict:
@@ -403,6 +426,20 @@ def targets(rows: list[dict]) -> list[str]:
             out.append(
                 f"{alias} remove {deepest['removed']}: linear + LoRA {by['linear + lora']['wikitext2_ppl']:.2f} vs "
                 f"LoRA alone {by['lora']['wikitext2_ppl']:.2f} (target: beats it: {'met' if better else 'missed'})"
+            )
+        reloads = [
+            h["reload_max_abs_diff"]
+            for r in rows
+            if r["model"] == alias
+            for h in r["healed"]
+            if "reload_max_abs_diff" in h
+        ]
+        if reloads:
+            worst = max(reloads)
+            out.append(
+                f"{alias}: the healed checkpoint reloaded with plain from_pretrained gives the in-memory logits on "
+                f"{RELOAD_WINDOWS} WikiText-2 windows in all {len(reloads)} healed rows (largest |difference| "
+                f"{worst:.2e}; tolerance {RELOAD_TOLERANCE:g}: {'met' if worst <= RELOAD_TOLERANCE else 'missed'})"
             )
     return out
 

@@ -48,7 +48,14 @@ def test_healing_table_renders_every_kind_of_row():
         "unhealed_ppl": 20.0,
         "healed": [
             {"method": "scale", "refused": "no exact fold"},
-            {"method": "linear (diagonal)", "wikitext2_ppl": 14.0, "heal_seconds": 2.0, "runs": runs, "check": check},
+            {
+                "method": "linear (diagonal)",
+                "wikitext2_ppl": 14.0,
+                "heal_seconds": 2.0,
+                "runs": runs,
+                "check": check,
+                "reload_max_abs_diff": 3e-5,
+            },
             {"method": "lora", "wikitext2_ppl": 16.0, "heal_seconds": 0.0, "lora_seconds": 30.0},
             {
                 "method": "linear + lora",
@@ -66,3 +73,6 @@ def test_healing_table_renders_every_kind_of_row():
     targets = bench_healing.targets([row])
     assert any("by 30.0% (20.00 -> 14.00; target 25%: met)" in t for t in targets)
     assert any("linear + LoRA 12.00 vs LoRA alone 16.00 (target: beats it: met)" in t for t in targets)
+    assert any("in all 1 healed rows (largest |difference| 3.00e-05; tolerance 0.0001: met)" in t for t in targets)
+    row["healed"][1]["reload_max_abs_diff"] = 0.5  # a reload that does not give the in-memory logits
+    assert any("(largest |difference| 5.00e-01; tolerance 0.0001: missed)" in t for t in bench_healing.targets([row]))
