@@ -557,10 +557,16 @@ def write_report(rows: list[dict], dense: dict, total: float | None, args: argpa
             f"model on {CHECK_BLOCKS} held-out blocks of c4_demo.json (seed 1), the helpful ones added best first while "
             "it falls; 'k/n runs' says how many were folded. "
         )
-        + f"LoRA: recover() (r=8, alpha 16, "
-        f"merged), {args.lora_steps} steps x {args.lora_batch_size} x 128 tokens of c4_demo.json, lr 1e-4 (a reduced "
-        f"budget: the recovery bench runs 200 steps), on the sets of {', '.join(args.lora_sets)} only. 's' is the "
-        f"healing statistics pass plus the fit, plus the LoRA training. Sets: {', '.join(args.sets)}; "
+        + (
+            f"LoRA: recover() (r=8, alpha 16, merged), {args.lora_steps} steps x {args.lora_batch_size} x 128 tokens "
+            f"of c4_demo.json, lr 1e-4 (a reduced budget: the recovery bench runs 200 steps), on the sets of "
+            f"{', '.join(args.lora_sets)} only. "
+            if args.lora_steps
+            else "No LoRA columns (--lora-steps 0). "
+        )
+        + "'s' is the healing statistics pass plus the fit, plus the LoRA training; every healed row is saved and "
+        f"reloaded with plain from_pretrained and its logits compared on {RELOAD_WINDOWS} WikiText-2 windows. "
+        f"Sets: {', '.join(args.sets)}; "
         f"angular is chosen here (one forward pass), the others come from quality.json or docs/benchmarks.md "
         f"where the quality bench measured them, else are chosen here the way the quality bench does. "
         f"{'--quick; ' if args.quick else ''}"
