@@ -427,18 +427,18 @@ def targets(rows: list[dict]) -> list[str]:
                 f"{alias} remove {deepest['removed']}: linear + LoRA {by['linear + lora']['wikitext2_ppl']:.2f} vs "
                 f"LoRA alone {by['lora']['wikitext2_ppl']:.2f} (target: beats it: {'met' if better else 'missed'})"
             )
-        reloads = [
-            h["reload_max_abs_diff"]
+        healed = {  # a set two methods share is healed, and reloaded, once: count each healing once
+            (tuple(r["removed_layers"]), h["method"]): h["reload_max_abs_diff"]
             for r in rows
             if r["model"] == alias
             for h in r["healed"]
             if "reload_max_abs_diff" in h
-        ]
-        if reloads:
-            worst = max(reloads)
+        }
+        if healed:
+            worst = max(healed.values())
             out.append(
                 f"{alias}: the healed checkpoint reloaded with plain from_pretrained gives the in-memory logits on "
-                f"{RELOAD_WINDOWS} WikiText-2 windows in all {len(reloads)} healed rows (largest |difference| "
+                f"{RELOAD_WINDOWS} WikiText-2 windows for all {len(healed)} healed models (largest |difference| "
                 f"{worst:.2e}; tolerance {RELOAD_TOLERANCE:g}: {'met' if worst <= RELOAD_TOLERANCE else 'missed'})"
             )
     return out
@@ -564,7 +564,7 @@ def write_report(rows: list[dict], dense: dict, total: float | None, args: argpa
             if args.lora_steps
             else "No LoRA columns (--lora-steps 0). "
         )
-        + "'s' is the healing statistics pass plus the fit, plus the LoRA training; every healed row is saved and "
+        + "'s' is the healing statistics pass plus the fit, plus the LoRA training; every scale- and linear-healed model is saved and "
         f"reloaded with plain from_pretrained and its logits compared on {RELOAD_WINDOWS} WikiText-2 windows. "
         f"Sets: {', '.join(args.sets)}; "
         f"angular is chosen here (one forward pass), the others come from quality.json or docs/benchmarks.md "

@@ -73,6 +73,6 @@ def test_healing_table_renders_every_kind_of_row():
     targets = bench_healing.targets([row])
     assert any("by 30.0% (20.00 -> 14.00; target 25%: met)" in t for t in targets)
     assert any("linear + LoRA 12.00 vs LoRA alone 16.00 (target: beats it: met)" in t for t in targets)
-    assert any("in all 1 healed rows (largest |difference| 3.00e-05; tolerance 0.0001: met)" in t for t in targets)
+    assert any("for all 1 healed models (largest |difference| 3.00e-05; tolerance 0.0001: met)" in t for t in targets)
     row["healed"][1]["reload_max_abs_diff"] = 0.5  # a reload that does not give the in-memory logits
     assert any("(largest |difference| 5.00e-01; tolerance 0.0001: missed)" in t for t in bench_healing.targets([row]))
