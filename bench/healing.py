@@ -564,8 +564,8 @@ def write_report(rows: list[dict], dense: dict, total: float | None, args: argpa
             if args.lora_steps
             else "No LoRA columns (--lora-steps 0). "
         )
-        + "'s' is the healing statistics pass plus the fit, plus the LoRA training; every scale- and linear-healed model is saved and "
-        f"reloaded with plain from_pretrained and its logits compared on {RELOAD_WINDOWS} WikiText-2 windows. "
+        + "'s' is the healing statistics pass plus the fit, plus the LoRA training; every scale- and linear-healed "
+        f"model is saved and reloaded with plain from_pretrained and its logits compared on {RELOAD_WINDOWS} WikiText-2 windows. "
         f"Sets: {', '.join(args.sets)}; "
         f"angular is chosen here (one forward pass), the others come from quality.json or docs/benchmarks.md "
         f"where the quality bench measured them, else are chosen here the way the quality bench does. "
