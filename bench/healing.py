@@ -405,43 +405,53 @@ def table(rows: list[dict]) -> str:
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """Issue #17's targets on the default's set at each model's deepest cut, as measured sentences."""
+    """Issue #17's targets on the default's set at each model's deepest cut, and the reload check on every healed
+    model of each model, as measured sentences."""
     out = []
     for alias in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == alias and r["set"] == "shapley"]
-        if not mine:
-            continue
-        deepest = max(mine, key=lambda r: r["removed"])
-        by = {r["method"].replace(" (diagonal)", ""): r for r in deepest["healed"] if "refused" not in r}
-        if "linear" in by:
-            drop = 1 - by["linear"]["wikitext2_ppl"] / deepest["unhealed_ppl"]
-            verdict = "met" if drop >= 0.25 else "missed"
-            out.append(
-                f"{alias} remove {deepest['removed']} (default's set): linear lowers WikiText-2 perplexity by "
-                f"{100 * drop:.1f}% ({deepest['unhealed_ppl']:.2f} -> {by['linear']['wikitext2_ppl']:.2f}; target "
-                f"25%: {verdict})"
-            )
-        if "lora" in by and "linear + lora" in by:
-            better = by["linear + lora"]["wikitext2_ppl"] < by["lora"]["wikitext2_ppl"]
-            out.append(
-                f"{alias} remove {deepest['removed']}: linear + LoRA {by['linear + lora']['wikitext2_ppl']:.2f} vs "
-                f"LoRA alone {by['lora']['wikitext2_ppl']:.2f} (target: beats it: {'met' if better else 'missed'})"
-            )
-        healed = {  # a set two methods share is healed, and reloaded, once: count each healing once
-            (tuple(r["removed_layers"]), h["method"]): h["reload_max_abs_diff"]
-            for r in rows
-            if r["model"] == alias
-            for h in r["healed"]
-            if "reload_max_abs_diff" in h
-        }
-        if healed:
-            worst = max(healed.values())
-            out.append(
-                f"{alias}: the healed checkpoint reloaded with plain from_pretrained gives the in-memory logits on "
-                f"{RELOAD_WINDOWS} WikiText-2 windows for all {len(healed)} healed models (largest |difference| "
-                f"{worst:.2e}; tolerance {RELOAD_TOLERANCE:g}: {'met' if worst <= RELOAD_TOLERANCE else 'missed'})"
-            )
+        out += _default_set_targets(alias, [r for r in rows if r["model"] == alias and r["set"] == "shapley"])
+        out += _reload_target(alias, [r for r in rows if r["model"] == alias])
     return out
+
+
+def _default_set_targets(alias: str, mine: list[dict]) -> list[str]:
+    if not mine:
+        return []
+    out = []
+    deepest = max(mine, key=lambda r: r["removed"])
+    by = {r["method"].replace(" (diagonal)", ""): r for r in deepest["healed"] if "refused" not in r}
+    if "linear" in by:
+        drop = 1 - by["linear"]["wikitext2_ppl"] / deepest["unhealed_ppl"]
+        verdict = "met" if drop >= 0.25 else "missed"
+        out.append(
+            f"{alias} remove {deepest['removed']} (default's set): linear lowers WikiText-2 perplexity by "
+            f"{100 * drop:.1f}% ({deepest['unhealed_ppl']:.2f} -> {by['linear']['wikitext2_ppl']:.2f}; target "
+            f"25%: {verdict})"
+        )
+    if "lora" in by and "linear + lora" in by:
+        better = by["linear + lora"]["wikitext2_ppl"] < by["lora"]["wikitext2_ppl"]
+        out.append(
+            f"{alias} remove {deepest['removed']}: linear + LoRA {by['linear + lora']['wikitext2_ppl']:.2f} vs "
+            f"LoRA alone {by['lora']['wikitext2_ppl']:.2f} (target: beats it: {'met' if better else 'missed'})"
+        )
+    return out
+
+
+def _reload_target(alias: str, rows: list[dict]) -> list[str]:
+    healed = {  # a set two methods share is healed, and reloaded, once: count each healing once
+        (tuple(r["removed_layers"]), h["method"]): h["reload_max_abs_diff"]
+        for r in rows
+        for h in r["healed"]
+        if "reload_max_abs_diff" in h
+    }
+    if not healed:
+        return []
+    worst = max(healed.values())
+    return [
+        f"{alias}: the healed checkpoint reloaded with plain from_pretrained gives the in-memory logits on "
+        f"{RELOAD_WINDOWS} WikiText-2 windows for all {len(healed)} healed models (largest |difference| "
+        f"{worst:.2e}; tolerance {RELOAD_TOLERANCE:g}: {'met' if worst <= RELOAD_TOLERANCE else 'missed'})"
+    ]
 
 
 def main() -> None:

@@ -76,3 +76,7 @@ def test_healing_table_renders_every_kind_of_row():
     assert any("for all 1 healed models (largest |difference| 3.00e-05; tolerance 0.0001: met)" in t for t in targets)
     row["healed"][1]["reload_max_abs_diff"] = 0.5  # a reload that does not give the in-memory logits
     assert any("(largest |difference| 5.00e-01; tolerance 0.0001: missed)" in t for t in bench_healing.targets([row]))
+    row["set"] = "sleb"  # no default's set in the rows: no default-set targets, the reload still reported
+    targets = bench_healing.targets([row])
+    assert not any("target 25%" in t for t in targets)
+    assert any("for all 1 healed models" in t for t in targets)
