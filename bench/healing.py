@@ -575,8 +575,8 @@ def write_report(rows: list[dict], dense: dict, total: float | None, args: argpa
             else "No LoRA columns (--lora-steps 0). "
         )
         + "'s' is the healing statistics pass plus the fit, plus the LoRA training; every scale- and linear-healed "
-        f"model is saved and reloaded with plain from_pretrained and its logits compared on {RELOAD_WINDOWS} WikiText-2 windows. "
-        f"Sets: {', '.join(args.sets)}; "
+        "model is saved and reloaded with plain from_pretrained and its logits compared on "
+        f"{RELOAD_WINDOWS} WikiText-2 windows. Sets: {', '.join(args.sets)}; "
         f"angular is chosen here (one forward pass), the others come from quality.json or docs/benchmarks.md "
         f"where the quality bench measured them, else are chosen here the way the quality bench does. "
         f"{'--quick; ' if args.quick else ''}"
