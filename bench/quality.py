@@ -35,6 +35,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -212,6 +213,7 @@ def main() -> None:
             "eval_windows": len(bench.windows),
             "calibration_blocks": args.num_samples,
             "eval_tokens": int(bench.windows.numel()),
+            "tokens_per_window": int(bench.windows.size(1)) - 1,  # predicted tokens: 2..n of each window
             "wikitext_windows_total": bench.total_windows,
             "dense_eval_seconds": time.perf_counter() - t,
         }
@@ -284,6 +286,7 @@ def make_row(alias, removed, label, result, bench, before, pruner) -> dict:
         "chosen_by": game.get("chosen_by"),
         "flagged_layers": game.get("flagged_layers"),
         "spent": game.get("spent"),
+        "window_nll": bench.window_nll(result.removed_layers),
     }
 
 
@@ -315,7 +318,123 @@ def one_shot_row(alias, removed, layers, bench, cache_dir, c4, num_samples) -> d
         "chosen_by": "the k lowest values of the shapley row",
         "flagged_layers": None,
         "spent": None,
+        "window_nll": bench.window_nll(layers),
     }
+
+
+DERIVED_ROWS = ("shapley one-shot", "shapley reuse")
+"""Rows made from the default run (its values, its surrogate): not "another method" in the comparison."""
+BOOTSTRAP_DRAWS = 2000
+
+
+def paired_ratio_interval(
+    nll_a: list[float], nll_b: list[float], tokens_per_window: int, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float]:
+    """95% paired-bootstrap interval of ``ppl(a) / ppl(b)`` over the evaluation windows (resampled together, so the
+    windows' own difficulty cancels): tells a real difference from the luck of which windows were drawn."""
+    diff = np.asarray(nll_a, dtype=np.float64) - np.asarray(nll_b, dtype=np.float64)
+    if len(diff) == 0:
+        return float("nan"), float("nan")
+    index = np.random.default_rng(seed).integers(0, len(diff), size=(draws, len(diff)))
+    ratios = np.exp(diff[index].sum(axis=1) / (len(diff) * tokens_per_window))
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def cell_targets(rows: list[dict], tokens_per_window: dict[str, int]) -> list[dict]:
+    """Issue #14's checks per cell: the default against the best other method (with the paired interval), the
+    one-shot rule against that method, the value check, the tokens against SLEB's, and the reuse row."""
+    out = []
+    cells = list(dict.fromkeys((r["model"], r["removed"]) for r in rows))
+    for model, removed in cells:
+        cell = [r for r in rows if (r["model"], r["removed"]) == (model, removed)]
+        default = next((r for r in cell if r["method"] == "shapley"), None)
+        others = [r for r in cell if r["method"] != "shapley" and not r["method"].startswith(DERIVED_ROWS)]
+        if default is None or not others:
+            continue
+        best_ppl = min(r["wikitext2_ppl"] for r in others)
+        best = [r for r in others if r["wikitext2_ppl"] == best_ppl]
+        ratio = default["wikitext2_ppl"] / best_ppl
+        same_set = any(r["removed_layers"] == default["removed_layers"] for r in best)
+        interval = (1.0, 1.0) if same_set else (float("nan"), float("nan"))
+        if not same_set and default.get("window_nll") and best[0].get("window_nll"):
+            interval = paired_ratio_interval(default["window_nll"], best[0]["window_nll"], tokens_per_window[model])
+        verdict = "below" if ratio < 1 else "tie" if ratio == 1 else "above"
+        one_shot = next((r for r in cell if r["method"] == "shapley one-shot"), None)
+        reuse = next((r for r in cell if r["method"].startswith("shapley reuse")), None)
+        sleb = next((r for r in cell if r["method"] == "sleb"), None)
+        out.append(
+            {
+                "model": model,
+                "removed": removed,
+                "default_ppl": default["wikitext2_ppl"],
+                "best_other": [r["method"] for r in best],
+                "best_other_ppl": best_ppl,
+                "ratio": ratio,
+                "interval": interval,
+                "verdict": verdict,
+                "beyond_noise": not (interval[0] <= 1.0 <= interval[1]),
+                "one_shot_ratio": one_shot["wikitext2_ppl"] / best_ppl if one_shot else None,
+                "value_check": default.get("value_check_spearman"),
+                "tokens_vs_sleb": default["tokens"] / sleb["tokens"] if sleb and sleb["tokens"] else None,
+                "reuse_ratio": reuse["wikitext2_ppl"] / default["wikitext2_ppl"] if reuse else None,
+            }
+        )
+    return out
+
+
+def targets_markdown(targets: list[dict], minutes: float, full_bench: bool) -> str:
+    """The checks as a table and a verdict line per target; a missing row is said to be missing, not passed."""
+    lines = [
+        "| model | removed | default | best other | ratio | 95% paired interval | verdict | one-shot / best "
+        "| value check | tokens / SLEB | reuse / fresh |",
+        "|---|---:|---:|---|---:|---|---|---:|---:|---:|---:|",
+    ]
+
+    def number(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    for t in targets:
+        low, high = t["interval"]
+        noise = "" if t["verdict"] == "tie" else " (beyond window noise)" if t["beyond_noise"] else " (within noise)"
+        lines.append(
+            f"| {t['model']} | {t['removed']} | {t['default_ppl']:.2f} | {', '.join(t['best_other'])} "
+            f"{t['best_other_ppl']:.2f} | {t['ratio']:.3f} | {low:.3f}-{high:.3f} | {t['verdict']}{noise} | "
+            f"{number(t['one_shot_ratio'], '.3f')} | {number(t['value_check'], '.3f')} | "
+            f"{number(t['tokens_vs_sleb'], '.2f')} | {number(t['reuse_ratio'], '.3f')} |"
+        )
+    below = sum(t["verdict"] == "below" for t in targets)
+    above = [t for t in targets if t["verdict"] == "above"]
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    one_shot = [t["one_shot_ratio"] for t in targets if t["one_shot_ratio"] is not None]
+    checks = [t["value_check"] for t in targets if t["value_check"] is not None]
+    tokens = [t["tokens_vs_sleb"] for t in targets if t["tokens_vs_sleb"] is not None]
+    reuse = [t["reuse_ratio"] for t in targets if t["reuse_ratio"] is not None]
+    cells = len(targets)
+    verdicts = [
+        f"- Default strictly below the best other method in {below} of {cells} cells, above in {len(above)} "
+        f"(target: at least 2 of 4, never above): {met(below >= 2 and not above and cells >= 4)}"
+        + ("" if cells >= 4 else f" (this run has {cells} cells)")
+        + ".",
+        f"- One-shot within 1.10x of the best other method: {len(one_shot) and sum(r <= 1.10 for r in one_shot)} "
+        f"of {len(one_shot)} cells: {met(bool(one_shot) and all(r <= 1.10 for r in one_shot) and len(one_shot) == cells)}.",
+        f"- Value check >= 0.8: {sum(c >= 0.8 for c in checks)} of {len(checks)} cells: "
+        f"{met(bool(checks) and all(c >= 0.8 for c in checks) and len(checks) == cells)}.",
+        f"- Tokens at most 2x SLEB's: {sum(r <= 2.0 for r in tokens)} of {len(tokens)} cells: "
+        f"{met(bool(tokens) and all(r <= 2.0 for r in tokens) and len(tokens) == cells)}.",
+        "- Surrogate reuse within 1.10x of a fresh run: "
+        + (
+            f"{', '.join(f'{r:.3f}x' for r in reuse)}: {met(all(r <= 1.10 for r in reuse))}."
+            if reuse
+            else "no reuse row."
+        ),
+        f"- Whole bench in 90 minutes: {minutes:.1f} min"
+        + (f": {met(minutes <= 90)}." if full_bench else " (not the whole bench: no verdict)."),
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(verdicts)
 
 
 def write_report(args, rows, dense, meta, total) -> None:
@@ -347,6 +466,20 @@ def write_report(args, rows, dense, meta, total) -> None:
         f"{os.cpu_count()} CPUs."
         + (f" The default's rows ran with {args.default_overrides}." if args.default_overrides else "")
     )
+    full_bench = (
+        not args.quick
+        and not args.removed
+        and list(args.models) == list(CELLS)
+        and set(args.methods) == set(METHODS)
+        and not args.default_overrides
+    )
+    targets = cell_targets(rows, {alias: meta[alias]["tokens_per_window"] for alias in meta})
+    if targets:
+        note += (
+            "\n\nIssue #14's checks (\"best other\" excludes the default's own one-shot and reuse rows; the interval "
+            f"resamples the evaluation windows in pairs, {BOOTSTRAP_DRAWS} draws):\n\n"
+            + targets_markdown(targets, total / 60, full_bench)
+        )
     report_markdown(args.output_dir, "quality", table, note)
     if rows:
         plot(rows, dense, os.path.join(args.output_dir, "quality.png"))
@@ -359,7 +492,7 @@ def write_report(args, rows, dense, meta, total) -> None:
         }
         info.update(seconds=total, torch=torch.__version__, cpus=os.cpu_count(), machine=platform.machine())
         info.update(models=meta, methods=args.methods, evopress_x2=args.evopress_x2)
-        json.dump({"meta": info, "dense": dense, "rows": rows}, f, indent=2)
+        json.dump({"meta": info, "dense": dense, "rows": rows, "targets": targets}, f, indent=2)
     print(f"wrote {args.output_dir}/quality.{{json,md,png}}")
 
 

@@ -80,3 +80,62 @@ def test_healing_table_renders_every_kind_of_row():
     targets = bench_healing.targets([row])
     assert not any("target 25%" in t for t in targets)
     assert any("for all 1 healed models" in t for t in targets)
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_quality_targets_for_each_way_a_cell_can_go():
+    """bench/quality.py's issue-#14 checks: a tie on the same set, a win beyond window noise, a loss within noise;
+    the one-shot and reuse rows are the default's own, never "the best other method"."""
+    quality = _bench_module("quality")
+    steady = [100.0] * 40
+
+    def row(model, removed, method, ppl, layers, windows, **extra):
+        return {
+            "model": model,
+            "removed": removed,
+            "method": method,
+            "wikitext2_ppl": ppl,
+            "removed_layers": layers,
+            "window_nll": windows,
+            "tokens": extra.pop("tokens", 0),
+            "value_check_spearman": extra.pop("value_check", None),
+        }
+
+    noisy = [100.0 + (5.0 if i % 2 else -5.0) for i in range(40)]
+    rows = [
+        row("a", 2, "shapley", 10.0, [1, 2], steady, tokens=150, value_check=0.9),
+        row("a", 2, "shapley one-shot", 9.0, [1, 3], steady),  # better, but the default's own row
+        row("a", 2, "sleb", 10.0, [1, 2], steady, tokens=100),
+        row("a", 2, "angular", 12.0, [3, 4], [v + 1.0 for v in steady]),
+        row("b", 3, "shapley", 20.0, [1, 2, 3], [v - 2.0 for v in steady], tokens=300, value_check=0.7),
+        row("b", 3, "evopress", 21.0, [1, 2, 4], steady),
+        row("b", 3, "sleb", 22.0, [1, 2, 5], steady, tokens=100),
+        row("b", 3, "shapley reuse 2", 21.5, [1, 2, 4], steady),
+        row("c", 2, "shapley", 30.5, [0, 1], noisy, tokens=100),
+        row("c", 2, "evopress", 30.0, [0, 2], [100.0] * 40),
+    ]
+    targets = quality.cell_targets(rows, {"a": 127, "b": 127, "c": 127})
+    a, b, c = targets
+    assert (a["verdict"], a["best_other"], a["interval"]) == ("tie", ["sleb"], (1.0, 1.0))
+    assert a["one_shot_ratio"] == pytest.approx(0.9) and a["tokens_vs_sleb"] == pytest.approx(1.5)
+    assert b["verdict"] == "below" and b["best_other"] == ["evopress"] and b["beyond_noise"]
+    assert b["interval"][1] < 1.0 and b["reuse_ratio"] == pytest.approx(21.5 / 20.0)
+    assert c["verdict"] == "above" and not c["beyond_noise"] and c["interval"][0] < 1.0 < c["interval"][1]
+    text = quality.targets_markdown(targets, 95.0, full_bench=True)
+    assert "| b | 3 | 20.00 | evopress 21.00 | 0.952 |" in text
+    assert "below (beyond window noise)" in text and "above (within noise)" in text
+    assert "strictly below the best other method in 1 of 3 cells, above in 1" in text
+    assert "(this run has 3 cells)" in text and ": MISSED." in text
+    assert "Value check >= 0.8: 1 of 2 cells: MISSED." in text
+    assert "Tokens at most 2x SLEB's: 1 of 2 cells: MISSED." in text  # 3x in b; the third cell has no SLEB row
+    assert "Surrogate reuse within 1.10x of a fresh run: 1.075x: met." in text
+    assert "Whole bench in 90 minutes: 95.0 min: MISSED." in text
+    partial = quality.targets_markdown(targets, 20.0, full_bench=False)
+    assert "20.0 min (not the whole bench: no verdict)." in partial
