@@ -8,6 +8,8 @@ dataset_name=c4_demo.json))`` with the CLI's ``TrainingArguments`` (``pruning_ar
 model, so ``optimum-shapley prune MODEL --remove N --dataset c4_demo.json --method M`` chooses the same layers.
 Calibration: 10 blocks of 128 tokens of ../shared/data/calibration/c4_demo.json with the config's default seed (the
 CLI's); the default ``shapley`` also re-scores its best sets on 40 more blocks (another seed, same file).
+``--calibration FILE`` gives every method another calibration text (in-domain calibration: WikiText-2's tokenized
+validation split, copied to a .txt file).
 Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted, on a
 fixed prefix of --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3).
 
@@ -65,6 +67,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--eval-windows", type=int, default=None, help="WikiText-2 windows (default per model)")
     parser.add_argument("--num-samples", type=int, default=10, help="calibration blocks (default 10)")
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration text for every method (a .txt/.json/.jsonl file; default: calibration/c4_demo.json of "
+        "--data-dir), e.g. WikiText-2's tokenized validation split saved as .txt for in-domain calibration",
+    )
     parser.add_argument(
         "--evopress-x2",
         default="smollm2-135m:6",
@@ -180,7 +188,11 @@ def _x2_cells(spec: str) -> set[tuple[str, int]]:
 
 def main() -> None:
     args = parse_args()
-    wikitext, c4 = data_paths(args.data_dir)
+    _, c4 = data_paths(args.data_dir)
+    if args.calibration:
+        if not os.path.isfile(args.calibration):
+            sys.exit(f"--calibration {args.calibration}: no such file")
+        c4 = args.calibration
     os.makedirs(args.output_dir, exist_ok=True)
     cache_root = os.path.join(args.output_dir, "quality-cache")
     if not args.keep_cache:
@@ -462,7 +474,7 @@ def write_report(args, rows, dense, meta, total) -> None:
         "WikiText-2 perplexity on the first "
         + ", ".join(f"{meta[a]['eval_windows']} ({a})" for a in meta)
         + f" non-overlapping 128-token windows of the raw test set; calibration {args.num_samples} x 128 tokens of "
-        f"c4_demo.json (the config's seed); {'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on "
+        f"{os.path.basename(args.calibration or 'c4_demo.json')} (the config's seed); {'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on "
         f"{os.cpu_count()} CPUs."
         + (f" The default's rows ran with {args.default_overrides}." if args.default_overrides else "")
     )
@@ -488,6 +500,7 @@ def write_report(args, rows, dense, meta, total) -> None:
             "quick": args.quick,
             "eval_windows": args.eval_windows,
             "num_samples": args.num_samples,
+            "calibration": args.calibration or "c4_demo.json",
             "default_overrides": args.default_overrides,
         }
         info.update(seconds=total, torch=torch.__version__, cpus=os.cpu_count(), machine=platform.machine())
