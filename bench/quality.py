@@ -20,6 +20,9 @@ real cost, cache or not), "tokens" the input tokens of all its evaluations (cali
 the seconds that evaluation took). Extra rows: ``shapley one-shot`` removes the k lowest values of the default run
 (no search), ``shapley reuse`` prunes at remove 10 with the remove-6 run's saved surrogate (SmolLM2), and
 ``evopress x2`` runs EvoPress at twice the default's real evaluations (``--evopress-x2`` cells).
+After the table, issue #14's checks per cell: the default against the best other method (the one-shot and reuse rows
+are the default's own), with a 95% paired-bootstrap interval over the evaluation windows, so a difference within the
+luck of the windows drawn reads as such; the one-shot ratio, the value check, tokens against SLEB's, the reuse ratio.
 Writes bench/results/quality.json, bench/results/quality.md and bench/results/quality.png.
 """
 
