@@ -46,7 +46,7 @@ import torch  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from common import DEFAULT_DATA_DIR, data_paths, load_bench_model, report_markdown  # noqa: E402
+from common import DEFAULT_DATA_DIR, WINDOW_CHOICES, data_paths, load_bench_model, report_markdown  # noqa: E402
 
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig  # noqa: E402
 from optimum_shapley.criteria import METHODS  # noqa: E402
@@ -69,6 +69,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--removed", default=None, help="comma-separated layer counts to remove (default: the cells)")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--eval-windows", type=int, default=None, help="WikiText-2 windows (default per model)")
+    parser.add_argument(
+        "--windows",
+        choices=WINDOW_CHOICES,
+        default="first",
+        help="which WikiText-2 windows: the first --eval-windows, or as many spread evenly over the test set",
+    )
     parser.add_argument("--num-samples", type=int, default=10, help="calibration blocks (default 10)")
     parser.add_argument(
         "--calibration",
@@ -220,7 +226,7 @@ def main() -> None:
 
     for alias in args.models:
         eval_windows = args.eval_windows or EVAL_WINDOWS.get(alias, 128)
-        bench = load_bench_model(alias, args.data_dir, args.num_samples, eval_windows, args.batch_size)
+        bench = load_bench_model(alias, args.data_dir, args.num_samples, eval_windows, args.batch_size, args.windows)
         t = time.perf_counter()
         dense[alias] = bench.wikitext_ppl()
         meta[alias] = {
@@ -474,7 +480,7 @@ def write_report(args, rows, dense, meta, total) -> None:
             )
     table = "\n".join(lines)
     note = (
-        "WikiText-2 perplexity on the first "
+        f"WikiText-2 perplexity on the {'first' if args.windows == 'first' else 'evenly spread'} "
         + ", ".join(f"{meta[a]['eval_windows']} ({a})" for a in meta)
         + f" non-overlapping 128-token windows of the raw test set; calibration {args.num_samples} x 128 tokens of "
         f"{os.path.basename(args.calibration or 'c4_demo.json')} (the config's seed); {'--quick; ' if args.quick else ''}whole bench {total / 60:.1f} min on "
@@ -502,6 +508,7 @@ def write_report(args, rows, dense, meta, total) -> None:
         info = {
             "quick": args.quick,
             "eval_windows": args.eval_windows,
+            "windows": args.windows,
             "num_samples": args.num_samples,
             "calibration": args.calibration or "c4_demo.json",
             "default_overrides": args.default_overrides,

@@ -139,3 +139,18 @@ def test_quality_targets_for_each_way_a_cell_can_go():
     assert "Whole bench in 90 minutes: 95.0 min: MISSED." in text
     partial = quality.targets_markdown(targets, 20.0, full_bench=False)
     assert "20.0 min (not the whole bench: no verdict)." in partial
+
+
+def test_spread_windows_sample_the_whole_test_set():
+    """The quality bench's --windows spread: evenly spaced windows from the first to the last, each once; the default
+    keeps the first ones (the tables before session 15)."""
+    import torch
+
+    common = _bench_module("common")
+    windows = torch.arange(100).unsqueeze(1).repeat(1, 4)
+    assert common.select_windows(windows, 3)[:, 0].tolist() == [0, 1, 2]
+    spread = common.select_windows(windows, 5, "spread")[:, 0].tolist()
+    assert spread == [0, 25, 50, 74, 99]  # numpy rounds half to even: 24.75 -> 25, 74.25 -> 74
+    assert common.select_windows(windows, 500, "spread").shape == (100, 4)
+    with pytest.raises(ValueError, match="one of"):
+        common.select_windows(windows, 5, "random")
