@@ -132,9 +132,14 @@ def test_quality_targets_for_each_way_a_cell_can_go():
     assert "| b | 3 | 20.00 | evopress 21.00 | 0.952 |" in text
     assert "below (beyond window noise)" in text and "above (within noise)" in text
     assert "strictly below the best other method in 1 of 3 cells, above in 1" in text
-    assert "(this run has 3 cells)" in text and ": MISSED." in text
-    assert "Value check >= 0.8: 1 of 2 cells: MISSED." in text
-    assert "Tokens at most 2x SLEB's: 1 of 2 cells: MISSED." in text  # 3x in b; the third cell has no SLEB row
+    assert "never above): no verdict, this run has 3 of the 4." in text
+    assert "Value check >= 0.8: 1 of 3 cells (1 without the row): MISSED in the cells of this run." in text
+    assert "Tokens at most 2x SLEB's: 1 of 3 cells (1 without the row): MISSED" in text  # 3x in b; no SLEB in c
+    four = targets + [dict(a, model="d")]  # four cells, one above: "never above" missed whatever the wins
+    whole = quality.targets_markdown(four, 80.0, full_bench=True)
+    assert "in 1 of 4 cells, above in 1 (target: at least 2 of 4, never above): MISSED." in whole
+    assert "One-shot within 1.10x of the best other method: 2 of 4 cells (2 without the row): MISSED." in whole
+    assert "Whole bench in 90 minutes: 80.0 min: met." in whole
     assert "Surrogate reuse within 1.10x of a fresh run: 1.075x: met." in text
     assert "Whole bench in 90 minutes: 95.0 min: MISSED." in text
     partial = quality.targets_markdown(targets, 20.0, full_bench=False)
