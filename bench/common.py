@@ -127,7 +127,7 @@ def data_paths(data_dir: str) -> tuple[str, str]:
 
 WINDOW_CHOICES = ("first", "spread")
 """Which evaluation windows: the first ``eval_windows`` of the test set, or ``eval_windows`` evenly spaced over all of
-it. WikiText-2's test set is about 60 articles of some 35 windows each, so the first 64 windows are two articles: a
+it. WikiText-2's test set is 60 articles of some 40 windows each, so the first 64 windows cover about two: a
 set's ratio to another moved from 1.039 on them to 0.991 on the first 192 (Gemma-3-270M remove 4; per 32-window chunk
 0.936 to 1.067), and no resampling of those 64 windows can show it. Spread windows sample every article."""
 
