@@ -10,8 +10,9 @@ Calibration: 10 blocks of 128 tokens of ../shared/data/calibration/c4_demo.json 
 CLI's); the default ``shapley`` also re-scores its best sets on 40 more blocks (another seed, same file).
 ``--calibration FILE`` gives every method another calibration text (in-domain calibration: WikiText-2's tokenized
 validation split, copied to a .txt file).
-Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted, on a
-fixed prefix of --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3).
+Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted, on the
+first --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3), or as many spread evenly over the whole test
+set with ``--windows spread``.
 
 Each model has one run folder, so one mask-evaluation cache, shared by every method and cell (evaluations are
 deterministic: a mask SLEB and ``shapley`` both ask for runs once). "evaluations" is what the method needs (its
