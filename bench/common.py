@@ -21,7 +21,6 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
@@ -34,6 +33,7 @@ from optimum_shapley.evaluation import (  # noqa: E402
     read_raw_lines,
     run_fingerprint,
     text_windows,
+    window_nll_sums,
 )
 from optimum_shapley.surgery import num_decoder_layers  # noqa: E402
 
@@ -81,31 +81,15 @@ class BenchModel:
         if key not in self._ppl:
             kept = [i for i in range(self.depth) if i not in key]
             with LayerMask(self.model, kept) if key else nullcontext():
-                nll = window_nll_sums(self.model, self.windows, self.batch_size)
+                nll, tokens = window_nll_sums(self.model, self.windows, self.batch_size)
             self._window_nll[key] = nll
-            self._ppl[key] = math.exp(float(nll.sum()) / (len(self.windows) * (self.windows.size(1) - 1)))
+            self._ppl[key] = math.exp(float(nll.sum()) / int(tokens.sum()))
         return self._ppl[key]
 
     def window_nll(self, removed: list[int] | None = None) -> list[float]:
         """Summed NLL of each evaluation window without ``removed`` layers: the paired comparison's data."""
         self.wikitext_ppl(removed)
         return self._window_nll[tuple(sorted(removed or ()))].tolist()
-
-
-def window_nll_sums(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 8) -> np.ndarray:
-    """Each window's summed next-token NLL (tokens 2..n), float64: ``exp(sum / tokens)`` is the token-weighted
-    perplexity ``perplexity_of_windows`` reports, and per window the sums allow a paired bootstrap over windows."""
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(windows), batch_size):
-            chunk = windows[start : start + batch_size].to(device)
-            logits = model(input_ids=chunk, attention_mask=torch.ones_like(chunk), use_cache=False).logits.float()
-            targets = torch.full_like(chunk, -100)  # shifted targets, as token_nll (slicing the logits copies them)
-            targets[:, :-1] = chunk[:, 1:]
-            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-            out.append(nll.view(chunk.shape).to(torch.float64).sum(dim=1).cpu())
-    return torch.cat(out).numpy()
 
 
 def report_markdown(output_dir: str, name: str, table: str, note: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
-from optimum_shapley.evaluation import perplexity_of_windows, read_raw_lines, text_windows
+from optimum_shapley.evaluation import perplexity_of_windows, read_raw_lines, text_windows, window_nll_sums
 
 
 def test_windows_are_the_joined_text_cut_without_overlap(tmp_path):
@@ -33,6 +33,23 @@ def test_perplexity_equals_hand_computation():
         logits = model(input_ids=windows).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), windows[:, 1:].reshape(-1))
     assert perplexity_of_windows(model, windows, batch_size=2) == pytest.approx(math.exp(nll.item()), rel=1e-5)
+
+
+def test_window_nll_sums_are_each_windows_share_of_that_perplexity():
+    """The per-window sums a paired comparison resamples: one row per window, each window's own hand-computed NLL,
+    and together exactly the token-weighted perplexity."""
+    model = tiny_model("llama")
+    windows = torch.randint(3, 90, (5, 12), generator=torch.Generator().manual_seed(0))
+    sums, counts = window_nll_sums(model, windows, batch_size=2)
+    assert sums.shape == (5,) and counts.tolist() == [11] * 5
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits[:, :-1]
+        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")
+    assert sums.tolist() == pytest.approx(per_token.sum(dim=1).tolist(), rel=1e-5)
+    expected = perplexity_of_windows(model, windows, batch_size=2)
+    assert math.exp(sums.sum() / counts.sum()) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        window_nll_sums(model, windows, batch_size=0)
 
 
 def test_bos_starts_every_window_when_the_tokenizer_prepends_it(tmp_path):

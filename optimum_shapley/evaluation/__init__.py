@@ -26,6 +26,7 @@ from .perplexity import (
     perplexity_windows,
     read_raw_lines,
     text_windows,
+    window_nll_sums,
 )
 from .tasks import TASKS, MultipleChoiceItem, TaskDataError, ZeroShotTask, get_task, load_task_records, register_task
 from .zeroshot import loglikelihoods, score_items, zero_shot
@@ -57,6 +58,7 @@ __all__ = [
     "run_fingerprint",
     "score_items",
     "text_windows",
+    "window_nll_sums",
     "token_nll",
     "utilities_from_nll",
     "zero_shot",

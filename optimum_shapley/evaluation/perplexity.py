@@ -15,15 +15,16 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..architectures import context_length
 from ..data import prepended_bos_id
-from .losses import evaluate_batches
+from .losses import evaluate_batches, row_nll
 
 __all__ = [
     "PERPLEXITY_SOURCES",
@@ -36,6 +37,7 @@ __all__ = [
     "perplexity_windows",
     "read_raw_lines",
     "text_windows",
+    "window_nll_sums",
 ]
 
 
@@ -224,27 +226,45 @@ def perplexity_windows(
     return text_windows(tokenizer, text.texts, seq_length, max_tokens=max_tokens, separator=text.separator)
 
 
-def _window_nll(
-    model: nn.Module, windows: torch.Tensor, batch_size: int = 8, show_progress: bool = False
-) -> tuple[float, int]:
+def _window_batches(windows: torch.Tensor, batch_size: int, device, show_progress: bool = False):
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    starts = range(0, len(windows), batch_size)
+    for start in tqdm(starts, desc="Perplexity", unit="batch", disable=not show_progress):
+        chunk = windows[start : start + batch_size].to(device)
+        yield {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
+
+
+def _window_nll(
+    model: nn.Module, windows: torch.Tensor, batch_size: int = 8, show_progress: bool = False
+) -> tuple[float, int]:
     device = next(model.parameters()).device
-
-    def batches() -> Iterable[dict[str, torch.Tensor]]:
-        starts = range(0, len(windows), batch_size)
-        for start in tqdm(starts, desc="Perplexity", unit="batch", disable=not show_progress):
-            chunk = windows[start : start + batch_size].to(device)
-            yield {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
-
     was_training = model.training
     model.eval()
     try:
-        return evaluate_batches(model, batches())
+        return evaluate_batches(model, _window_batches(windows, batch_size, device, show_progress))
     finally:
         model.train(was_training)
+
+
+def window_nll_sums(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's summed next-token NLL (float64) and target count, as ``perplexity_of_windows`` counts them:
+    the data of a paired comparison (a bootstrap over windows) between two models on the same windows."""
+    device = next(model.parameters()).device
+    sums, counts = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in _window_batches(windows, batch_size, device):
+                nll, count = row_nll(model, batch)
+                sums.append(nll.cpu())
+                counts.append(count.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(sums).numpy(), torch.cat(counts).numpy()
 
 
 def _ppl(mean_nll: float) -> float:
