@@ -10,9 +10,9 @@ Calibration: 10 blocks of 128 tokens of ../shared/data/calibration/c4_demo.json 
 CLI's); the default ``shapley`` also re-scores its best sets on 40 more blocks (another seed, same file).
 ``--calibration FILE`` gives every method another calibration text (in-domain calibration: WikiText-2's tokenized
 validation split, copied to a .txt file).
-Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted, on the
-first --eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3), or as many spread evenly over the whole test
-set with ``--windows spread``.
+Evaluation: WikiText-2 raw test, "\\n\\n".join of the lines, non-overlapping 128-token windows, token-weighted, on
+--eval-windows windows (default 128 for SmolLM2, 64 for Gemma-3) spread evenly over the whole test set (its 60
+articles; since session 16), or the first ones with ``--windows first`` (the tables before: about two articles).
 
 Each model has one run folder, so one mask-evaluation cache, shared by every method and cell (evaluations are
 deterministic: a mask SLEB and ``shapley`` both ask for runs once). "evaluations" is what the method needs (its
@@ -73,8 +73,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--windows",
         choices=WINDOW_CHOICES,
-        default="first",
-        help="which WikiText-2 windows: the first --eval-windows, or as many spread evenly over the test set",
+        default="spread",
+        help="which WikiText-2 windows: --eval-windows spread evenly over the test set (default), or the first ones",
     )
     parser.add_argument("--num-samples", type=int, default=10, help="calibration blocks (default 10)")
     parser.add_argument(

@@ -147,8 +147,8 @@ def test_quality_targets_for_each_way_a_cell_can_go():
 
 
 def test_spread_windows_sample_the_whole_test_set():
-    """The quality bench's --windows spread: evenly spaced windows from the first to the last, each once; the default
-    keeps the first ones (the tables before session 15)."""
+    """The quality bench's --windows spread (its default since session 16): evenly spaced windows from the first to
+    the last, each once; ``select_windows`` without a choice keeps the first ones (the tables before session 16)."""
     import torch
 
     common = _bench_module("common")
