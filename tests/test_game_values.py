@@ -354,6 +354,41 @@ def test_measured_values_prefer_the_neighbourhood_where_the_game_is_linear():
     np.testing.assert_allclose(estimate.values, weights, atol=0.05)
 
 
+def test_measured_values_are_scored_where_the_value_check_measures():
+    """A game additive at one flip from the centre (its marginals there are the weights) with pair interactions
+    among the flipped layers beyond: scoring the fit on the sets one flip away (the default) recovers the centre's
+    marginals better than scoring on two flips, over 40 draws (mean rank correlation 0.63 against 0.55; better in 22
+    draws, worse in 8)."""
+    from optimum_shapley.game_values import MEASURED_SCORE_FLIPS
+    from optimum_shapley.surrogate import spearman
+
+    assert MEASURED_SCORE_FLIPS == 1
+    players = 12
+    center = np.ones(players, dtype=bool)
+    center[[0, 1, 2]] = False
+    weights = np.linspace(0.1, 1.2, players)
+    one_flip = np.array([center ^ (np.arange(players) == i) for i in range(players)])
+    correlations = {1: [], 2: []}
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        interactions = np.triu(rng.normal(0.0, 0.6, (players, players)), 1)
+        far = []
+        for _ in range(60):
+            mask = center.copy()
+            mask[rng.choice(players, size=rng.integers(2, 5), replace=False)] ^= True
+            far.append(mask)
+        masks = np.concatenate([center[None], one_flip[rng.choice(players, 3, replace=False)], np.array(far)])
+        flipped = (masks != center).astype(float)
+        utilities = masks @ weights + np.einsum("ni,ij,nj->n", flipped, interactions, flipped)
+        for flips in correlations:
+            estimate = measured_values(masks, utilities, center, score_flips=flips)
+            correlations[flips].append(spearman(estimate.values, weights))
+    assert np.mean(correlations[1]) > np.mean(correlations[2]) + 0.05
+    assert sum(a > b for a, b in zip(*correlations.values())) > 2 * sum(a < b for a, b in zip(*correlations.values()))
+    default = measured_values(masks, utilities, center)
+    np.testing.assert_array_equal(default.values, measured_values(masks, utilities, center, score_flips=1).values)
+
+
 def test_measured_values_need_as_many_evaluations_as_layers_near_the_centre():
     center = np.ones(10, dtype=bool)
     center[:2] = False
