@@ -472,6 +472,12 @@ def _ridge(
     return coefficients, residuals, inverse, gram
 
 
+def _every_player_varies(masks: np.ndarray) -> bool:
+    """Whether each player is kept in some of ``masks`` and removed in others: a player that never changes has no
+    measured value (ridge would report 0 with a zero standard error, a claim the data cannot make)."""
+    return bool(masks.any(axis=0).all() and (~masks).any(axis=0).all())
+
+
 def measured_values(
     masks: np.ndarray,
     utilities: np.ndarray,
@@ -485,10 +491,10 @@ def measured_values(
 
     ``masks`` ``(N, L)`` booleans and ``utilities`` ``(N,)`` are real-model evaluations (any kept count); ``center``
     the kept set the values are about. Each neighbourhood (masks within a radius of ``radii``, or all of them) holding
-    at least ``L`` masks and each ridge is scored by the mean squared leave-one-out error on the masks within
-    ``score_flips`` flips of the centre (in every neighbourhood; all its masks where none is that close), and the
-    best pair is used. Returns None when no neighbourhood has ``L`` masks: too little was measured near the centre
-    to fit one value per layer.
+    at least ``L`` masks, in which every layer is kept in some and removed in others, and each ridge is scored by the
+    mean squared leave-one-out error on the masks within ``score_flips`` flips of the centre (in every neighbourhood;
+    all its masks where none is that close), and the best pair is used. Returns None when no neighbourhood qualifies: too little was measured near the centre to fit
+    one value per layer.
     """
     start = time.perf_counter()
     masks = np.asarray(masks, dtype=bool)
@@ -503,7 +509,7 @@ def measured_values(
     best = None
     for radius in sorted({*(int(r) for r in radii), players}):
         inside = distance <= radius
-        if inside.sum() < players:
+        if inside.sum() < players or not _every_player_varies(masks[inside]):
             continue
         near = distance[inside] <= score_flips
         for ridge in ridges:

@@ -389,6 +389,32 @@ def test_measured_values_are_scored_where_the_value_check_measures():
     np.testing.assert_array_equal(default.values, measured_values(masks, utilities, center, score_flips=1).values)
 
 
+def test_measured_values_never_fit_a_layer_that_never_changed():
+    """Near the centre two layers are removed in every evaluated set (as after an elimination that never added them
+    back) and the game is linear there; farther out it bends. The near neighbourhood fits best but cannot value the
+    two layers (ridge would say 0 +- 0, a claim the data cannot make), so the fit takes a wider one where they vary,
+    with the wide error bars that costs; where they vary nowhere, there are no measured values."""
+    players = 10
+    center = np.ones(players, dtype=bool)
+    center[[2, 3, 7]] = False
+    weights = np.linspace(0.2, 2.0, players)
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        far = (masks != center).sum(axis=1) > 2
+        return masks @ weights + np.where(far, 3.0 * masks[:, 8] * masks[:, 9] - 3.0 * masks[:, 4], 0.0)
+
+    near = _near(center, 40, 2, seed=4)
+    near[:, [2, 3]] = False  # 2 and 3 are never added back within two flips
+    near = near[(near != center).sum(axis=1) <= 2]
+    wide = _near(center, 60, 6, seed=5)
+    wide = wide[(wide != center).sum(axis=1) > 2]
+    masks = np.concatenate([near, wide])
+    estimate = measured_values(masks, game(masks), center, radii=(2, 3, 4, 6))
+    assert "within 2 flips" not in estimate.region
+    assert np.all(estimate.stderr[[2, 3]] > 0.1)  # valued from the wider data, and honestly uncertain
+    assert measured_values(near, game(near), center, radii=(2,)) is None  # 2 and 3 never change anywhere
+
+
 def test_measured_values_need_as_many_evaluations_as_layers_near_the_centre():
     center = np.ones(10, dtype=bool)
     center[:2] = False
