@@ -493,8 +493,8 @@ def measured_values(
     the kept set the values are about. Each neighbourhood (masks within a radius of ``radii``, or all of them) holding
     at least ``L`` masks, in which every layer is kept in some and removed in others, and each ridge is scored by the
     mean squared leave-one-out error on the masks within ``score_flips`` flips of the centre (in every neighbourhood;
-    all its masks where none is that close), and the best pair is used. Returns None when no neighbourhood qualifies: too little was measured near the centre to fit
-    one value per layer.
+    all its masks where none is that close), and the best pair is used. Returns None when no neighbourhood
+    qualifies: too little was measured near the centre to fit one value per layer.
     """
     start = time.perf_counter()
     masks = np.asarray(masks, dtype=bool)

@@ -16,6 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -237,16 +238,23 @@ def _window_batches(windows: torch.Tensor, batch_size: int, device, show_progres
         yield {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
 
 
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """The model in eval mode (no dropout) for the block, then back in the mode the caller had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def _window_nll(
     model: nn.Module, windows: torch.Tensor, batch_size: int = 8, show_progress: bool = False
 ) -> tuple[float, int]:
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         return evaluate_batches(model, _window_batches(windows, batch_size, device, show_progress))
-    finally:
-        model.train(was_training)
 
 
 def window_nll_sums(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -254,16 +262,11 @@ def window_nll_sums(model: nn.Module, windows: torch.Tensor, batch_size: int = 8
     the data of a paired comparison (a bootstrap over windows) between two models on the same windows."""
     device = next(model.parameters()).device
     sums, counts = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in _window_batches(windows, batch_size, device):
-                nll, count = row_nll(model, batch)
-                sums.append(nll.cpu())
-                counts.append(count.cpu())
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.no_grad():
+        for batch in _window_batches(windows, batch_size, device):
+            nll, count = row_nll(model, batch)
+            sums.append(nll.cpu())
+            counts.append(count.cpu())
     return torch.cat(sums).numpy(), torch.cat(counts).numpy()
 
 
