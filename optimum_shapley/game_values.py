@@ -496,6 +496,8 @@ def measured_values(
     all its masks where none is that close), and the best pair is used. Returns None when no neighbourhood
     qualifies: too little was measured near the centre to fit one value per layer.
     """
+    if score_flips < 0:
+        raise ValueError(f"score_flips must be 0 or more, got {score_flips!r}")
     start = time.perf_counter()
     masks = np.asarray(masks, dtype=bool)
     utilities = np.asarray(utilities, dtype=np.float64)

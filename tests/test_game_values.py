@@ -421,3 +421,5 @@ def test_measured_values_need_as_many_evaluations_as_layers_near_the_centre():
     masks = _near(center, 5, 2, seed=0)
     assert measured_values(masks, masks.sum(axis=1).astype(float), center) is None
     assert measured_values(np.zeros((0, 10), dtype=bool), np.zeros(0), center) is None
+    with pytest.raises(ValueError, match="score_flips must be 0 or more, got -1"):
+        measured_values(masks, masks.sum(axis=1).astype(float), center, score_flips=-1)
