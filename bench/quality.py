@@ -214,7 +214,8 @@ def main() -> None:
     open(partial, "w").close()
     bench_start = time.perf_counter()
 
-    def record(row: dict) -> None:
+    def record(row: dict, started: float) -> None:
+        row["wall_seconds"] = time.perf_counter() - started  # the method, its reports and its WikiText-2 windows
         rows.append(row)
         with open(partial, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -256,19 +257,23 @@ def main() -> None:
                     if (alias, removed) in x2_cells:
                         variants.append(("evopress x2", {"max_evaluations": 2 * default_cost}))
                 for label, overrides in variants:
+                    started = time.perf_counter()
                     before = _cached_seconds(cache_dir)
                     pruner, result, _ = run_method(bench, cache_dir, c4, method, removed, args.num_samples, **overrides)
                     row = make_row(alias, removed, label, result, bench, before, pruner)
-                    record(row)
+                    record(row, started)
                     if method == "shapley":
                         default_cost = result.selection_evaluations + result.verification_evaluations
                         surrogates[removed] = pruner.surrogate
                         if result.values:
+                            started = time.perf_counter()
                             one_shot = sorted(sorted(range(bench.depth), key=lambda i: (result.values[i], i))[:removed])
-                            record(one_shot_row(alias, removed, one_shot, bench, cache_dir, c4, args.num_samples))
+                            row = one_shot_row(alias, removed, one_shot, bench, cache_dir, c4, args.num_samples)
+                            record(row, started)
                     del pruner
             reuse = REUSE.get(alias)
             if reuse and removed == reuse[1] and reuse[0] in surrogates and "shapley" in args.methods:
+                started = time.perf_counter()
                 before = _cached_seconds(cache_dir)
                 pruner, result, _ = run_method(
                     bench,
@@ -280,7 +285,7 @@ def main() -> None:
                     surrogate=surrogates[reuse[0]],
                     **args.default_overrides,
                 )
-                record(make_row(alias, removed, f"shapley reuse {reuse[0]}", result, bench, before, pruner))
+                record(make_row(alias, removed, f"shapley reuse {reuse[0]}", result, bench, before, pruner), started)
                 del pruner
         del bench
 

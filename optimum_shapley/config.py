@@ -235,7 +235,8 @@ class ShapleyPruningConfig(PushToHubMixin):
         default=8,
         metadata=_help(
             "Pruning with a saved surrogate: kept sets verified on the model before one is chosen (the surrogate's "
-            "proposals and the one-pass peers). 0: take the surrogate's choice unverified, evaluating nothing."
+            "proposals and the one-pass peers), and the candidates verified per step of the walk from the set the "
+            "surrogate's run chose to the new size. 0: take the surrogate's choice unverified, evaluating nothing."
         ),
     )
     # --- evaluation cost

@@ -24,6 +24,10 @@ FOUND_BY = {
     "region": "the random sample around the best verified set",
     "lowest values": "the k lowest values",
     "reuse": "the reused surrogate's proposals, verified on the model",
+    "reuse walk": (
+        "the walk from the reused surrogate's best verified set of another size, one layer at a time (the "
+        "surrogate screening each step's candidates, each verified on the model)"
+    ),
     "unverified": "the reused surrogate alone (no mask was evaluated)",
 }
 """The phase that first evaluated the removed set, in words."""

@@ -54,7 +54,7 @@ A small MLP that predicts the `{{ utility }}` utility of keeping a subset of the
 
 Reuse it to prune the same model at another ratio. With the model and calibration data at hand, the pruner verifies
 its best proposals on the real model (`reuse_candidates`, default 8); with `reuse_candidates=0` no mask is evaluated
-and the pruned model's card says the set is unverified:
+and the pruned model's card says the set is unverified. {{ remembered }}
 
 ```python
 from optimum_shapley import ShapleyLayerPruner, ShapleyPruningConfig, ShapleySurrogate
@@ -78,8 +78,9 @@ class ShapleySurrogate(
     """Maps a 0/1 layer mask ``(N, num_layers)`` to predicted utilities ``(N,)``.
 
     Every constructor argument is saved in ``config.json`` by ``save_pretrained``/``push_to_hub``, including which
-    model and utility it was trained for, so a reloaded surrogate can prune the same model at another ratio (its
-    proposals verified on the model when one is at hand: ``reuse_candidates``).
+    model and utility it was trained for and the best kept sets its run verified (``verified_kept_sets``), so a
+    reloaded surrogate can prune the same model at another ratio (its proposals verified on the model when one is
+    at hand: ``reuse_candidates``).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class ShapleySurrogate(
         strata: list[int] | None = None,
         ensemble_size: int = 1,
         features: str = "mask",
+        verified_kept_sets: list[str] | None = None,
     ):
         super().__init__()
         if output not in ("sigmoid", "linear"):
@@ -116,6 +118,7 @@ class ShapleySurrogate(
         if features not in SURROGATE_FEATURES:
             raise ValueError(f"features must be one of {SURROGATE_FEATURES}, got {features!r}")
         self.features = features
+        self.verified_kept_sets = _checked_kept_sets(verified_kept_sets, num_layers)
         hidden = hidden_multiplier * num_layers
         inputs = num_layers + (num_layers - 1 if features == "mask+adjacent" else 0)
 
@@ -128,6 +131,17 @@ class ShapleySurrogate(
     @property
     def members(self) -> list[nn.Module]:
         return [self.net, *self.extra_members]
+
+    def remember_kept_sets(self, keys: list[str]) -> None:
+        """Record the best kept sets verified on the model (kept-mask keys, best first) so that they travel in
+        ``config.json``: a reuse at another ratio starts from them (nested sets), where the surrogate knows most.
+        Sets of other sizes recorded earlier stay, after the new ones."""
+        keys = _checked_kept_sets(list(dict.fromkeys(keys)), self.num_layers) or []
+        sizes = {k.count("1") for k in keys}
+        kept = keys + [k for k in self.verified_kept_sets or [] if k.count("1") not in sizes]
+        self.verified_kept_sets = kept or None
+        if self._hub_mixin_config is not None:  # what save_pretrained writes to config.json
+            self._hub_mixin_config["verified_kept_sets"] = self.verified_kept_sets
 
     def encode(self, masks: torch.Tensor) -> torch.Tensor:
         """The network's input: the mask, and with ``mask+adjacent`` one feature per pair of neighbouring layers
@@ -163,6 +177,17 @@ class ShapleySurrogate(
         kwargs.setdefault("metrics", "")
         kwargs.setdefault("utility", self.utility)
         kwargs.setdefault("num_layers", self.num_layers)
+        sizes = sorted({k.count("1") for k in self.verified_kept_sets or []}, reverse=True)
+        kwargs.setdefault(
+            "remembered",
+            (
+                f"It remembers the best kept sets of {' and '.join(map(str, sizes))} layers verified on the model "
+                "(`verified_kept_sets` in `config.json`); a verified reuse at another ratio starts from the best of "
+                "them and walks to the new size one layer at a time, verifying each step's few candidates."
+            )
+            if sizes
+            else "It remembers no verified kept set, so a reuse starts from its own proposals alone.",
+        )
         card = super().generate_model_card(*args, **kwargs)
         if is_hub_id(base):
             card.data.base_model = base
@@ -179,6 +204,16 @@ class ShapleySurrogate(
     def _load_as_pickle(cls, model, model_file, map_location, strict):
         """The Hub mixin falls back to a pickled ``pytorch_model.bin``; surrogates load from safetensors only."""
         raise ValueError(f"{model_file}: a surrogate must be a model.safetensors file; pickled checkpoints are refused")
+
+
+def _checked_kept_sets(keys: list[str] | None, num_layers: int) -> list[str] | None:
+    """Kept-mask keys as stored: strings of 0/1 over every layer (a wrong one is refused, not guessed)."""
+    if keys is None:
+        return None
+    for key in keys:
+        if not isinstance(key, str) or len(key) != num_layers or set(key) - {"0", "1"}:
+            raise ValueError(f"verified_kept_sets holds {key!r}: each must be a 0/1 string over {num_layers} layers")
+    return list(keys)
 
 
 class SurrogateMember(nn.Module):

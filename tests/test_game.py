@@ -263,6 +263,36 @@ def test_reuse_verifies_a_few_candidates_and_says_so(game_run, tmp_path):
     assert len(reused.removed_layers) == 3 and reused.selection_evaluations >= game["reuse_verified"]
 
 
+def test_a_trained_surrogate_remembers_its_verified_sets_and_saves_them(game_run, tmp_path):
+    pruner, result, _ = game_run
+    keys = pruner.surrogate.verified_kept_sets
+    chosen = "".join("0" if i in result.removed_layers else "1" for i in range(8))
+    assert keys[0] == chosen and 1 <= len(keys) <= 3 and all(k.count("1") == 6 for k in keys)
+    assert all(k in result.masks for k in keys)  # every one was evaluated on the model
+    pruner.surrogate.save_pretrained(tmp_path / "surrogate")
+    assert json.loads((tmp_path / "surrogate" / "config.json").read_text())["verified_kept_sets"] == keys
+    assert ShapleySurrogate.from_pretrained(tmp_path / "surrogate").verified_kept_sets == keys
+    with pytest.raises(ValueError, match="0/1 string over 8 layers"):
+        ShapleySurrogate(8, verified_kept_sets=["1101"])
+
+
+def test_reuse_walks_from_the_remembered_set_to_the_new_size(game_run, tmp_path):
+    """At another ratio the reuse starts from the source run's best set and removes one layer at a time: the
+    sets it verifies on the way are nested in that set, and the reused surrogate is left as it came."""
+    pruner, _, _ = game_run
+    remembered = list(pruner.surrogate.verified_kept_sets)
+    anchor = np.array([c == "1" for c in remembered[0]])
+    again = _pruner(
+        tmp_path, model=tiny_model("llama", num_layers=8), surrogate=pruner.surrogate, num_layers_to_remove=4,
+        value_check=False,
+    )
+    reused = again.prune(evaluate_calibration=False)
+    assert 4 <= reused.game["spent"]["reuse walk"] <= 6 + 5  # two steps, at most reuse_candidates (8) flips each
+    between = [np.array([c == "1" for c in k]) for k in reused.masks if k.count("1") == 5]
+    assert between and all((m <= anchor).all() for m in between)  # one layer fewer than the anchor, inside it
+    assert pruner.surrogate.verified_kept_sets == remembered
+
+
 def test_reuse_without_verification_evaluates_nothing_and_the_card_says_unverified(game_run, tmp_path):
     pruner, _, _ = game_run
     again = _pruner(
@@ -327,6 +357,7 @@ BASE_GAME = dict(
         ("lowest values", "surrogate", "lowest values were removed, without verifying"),
         ("unverified", "surrogate", "not evaluated on the model (unverified)"),
         ("reuse", "verification", "reused surrogate's proposals, verified"),
+        ("reuse walk", "verification", "walk from the reused surrogate's best verified set of another size"),
     ],
 )
 def test_the_card_names_the_phase_that_found_the_set(chosen_by, chosen_on, expected):

@@ -140,7 +140,7 @@ def _result(base_model: str, **overrides):
     return PruningResult(**fields)
 
 
-def _write_run(folder, result, model=None):
+def _write_run(folder, result, model=None, surrogate=None):
     from optimum_shapley import ShapleySurrogate
     from optimum_shapley.hub import write_run_folder
 
@@ -150,7 +150,7 @@ def _write_run(folder, result, model=None):
         tokenizer=None,
         pruning_config=ShapleyPruningConfig(num_layers_to_remove=2),
         result=result,
-        surrogate=ShapleySurrogate(num_layers=6),
+        surrogate=surrogate if surrogate is not None else ShapleySurrogate(num_layers=6),
         surrogate_dir="surrogate",
     )
     card = (folder / "README.md").read_text(encoding="utf-8")
@@ -322,6 +322,19 @@ def test_the_surrogate_card_comes_from_the_mixin_with_base_model_metadata(tmp_pa
     assert "Held-out R^2 0.900" in surrogate_card
     _, local = _write_run(tmp_path / "local", _result(str(tmp_path / "some" / "folder")))
     assert "base_model" not in _card_data(local) and str(tmp_path) not in local
+
+
+def test_the_surrogate_card_says_which_verified_sets_it_remembers(tmp_path):
+    from optimum_shapley import ShapleySurrogate
+
+    _, forgetful = _write_run(tmp_path / "none", _result("me/base"))
+    assert "remembers no verified kept set" in forgetful and "verified_kept_sets" not in forgetful
+    surrogate = ShapleySurrogate(num_layers=6)
+    surrogate.remember_kept_sets(["110011", "111001"])
+    surrogate.remember_kept_sets(["111011"])  # another size: the earlier ones stay, after it
+    assert surrogate.verified_kept_sets == ["111011", "110011", "111001"]
+    _, card = _write_run(tmp_path / "some", _result("me/base"), surrogate=surrogate)
+    assert "best kept sets of 5 and 4 layers verified on the model" in card
 
 
 def test_push_to_hub_keeps_the_trainers_signature_and_arguments(tmp_path, monkeypatch):

@@ -75,6 +75,9 @@ MIN_TRAINING_MASKS = 12
 UCB_WIDTH = 1.0
 """Ensemble standard deviations added to a candidate's predicted utility when ranking and when deciding to stop."""
 
+REMEMBERED_SETS = 3
+"""Best verified kept sets a surrogate keeps in its config (the chosen one first): where a reuse starts."""
+
 
 def paper_configuration(config: ShapleyPruningConfig, num_layers: int) -> ShapleyPruningConfig:
     """The published settings (strata, utility, estimator) applied to ``config``'s budget and seed."""
@@ -155,6 +158,20 @@ class GameRecord(CriterionEvidence):
 
 def _removed(mask: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(~np.asarray(mask, dtype=bool))]
+
+
+def _interleave(first: list[int], second: list[int]) -> list[int]:
+    """``first[0], second[0], first[1], ...`` without repeats, then whatever either has left."""
+    out = list(dict.fromkeys(x for pair in zip(first, second) for x in pair))
+    return out + [x for x in first + second if x not in out]
+
+
+def _anchor(surrogate: ShapleySurrogate, target: int) -> np.ndarray | None:
+    """The best verified set the surrogate remembers, of the size nearest the target (None: it remembers none)."""
+    keys = surrogate.verified_kept_sets or []
+    if not keys:
+        return None
+    return key_to_mask(min(keys, key=lambda k: abs(k.count("1") - target)))  # min keeps the first (best) of a size
 
 
 def _kept_mask(num_layers: int, removed: list[int]) -> np.ndarray:
@@ -521,8 +538,7 @@ class ShapleyCriterion(LayerCriterion):
                 mean, _ = game.predict(trial)
                 by_surrogate = [int(kept[i]) for i in np.argsort(-mean, kind="stable")[:width]]
                 by_previous = [layer for layer in previous if mask[layer]][:width]
-                screen = list(dict.fromkeys(x for pair in zip(by_surrogate, by_previous) for x in pair))
-                screen += [x for x in by_surrogate + by_previous if x not in screen]
+                screen = _interleave(by_surrogate, by_previous)
                 rows = [int(np.flatnonzero(kept == layer)[0]) for layer in screen[:room]]
             new = game.evaluate(list(trial[rows]), phase, f"{desc} ({mask.sum() - 1} kept)")
             loss = [game.loss_of(e) for e in new]
@@ -686,7 +702,10 @@ class ShapleyCriterion(LayerCriterion):
     def _reuse(self, game: _Game, surrogate: ShapleySurrogate) -> CriterionResult:
         """A saved surrogate at a (possibly) new target: values iterated to a fixed point of "remove the k lowest
         values around the current set", the surrogate's optima, and, with ``reuse_candidates``, a few of them and
-        the one-pass peers' sets verified on the model (nothing is evaluated with ``reuse_candidates=0``)."""
+        the one-pass peers' sets verified on the model (nothing is evaluated with ``reuse_candidates=0``). When the
+        surrogate remembers the verified sets of the run that trained it, the best one is walked to the new size
+        one layer at a time on the model (``_walk``) first: the surrogate knows the region around that set best,
+        and its nested sets are where a fresh run at the new size tends to land."""
         config, num_layers, target = game.config, game.num_layers, game.target
         game.surrogate = surrogate
         surrogate.eval()
@@ -698,9 +717,7 @@ class ShapleyCriterion(LayerCriterion):
             if (following == current).all():
                 break
             current = following
-        proposals = [current] + propose_kept_sets(
-            surrogate_predictor(surrogate), num_layers, target, [current], exclude=set(), count=config.reuse_candidates
-        )
+        anchor = _anchor(surrogate, target)
         chosen_key, chosen_on, peers = mask_to_key(current), "surrogate", {}
         if config.reuse_candidates > 0:
             stats = collect_block_statistics(game.evaluator)
@@ -709,6 +726,12 @@ class ShapleyCriterion(LayerCriterion):
             game.evaluate([np.ones(num_layers, dtype=bool)], "reuse", "Evaluating the full model")
             for name, removed in peer_sets.items():
                 game.evaluate([_kept_mask(num_layers, removed)], f"peer:{name}", f"Verifying the {name} set")
+            starts = [current]
+            if anchor is not None:  # the nested walk from the source run's best set, verified step by step
+                starts.insert(0, self._walk(game, anchor, config.reuse_candidates))
+            proposals = starts + propose_kept_sets(
+                surrogate_predictor(surrogate), num_layers, target, starts, exclude=set(), count=config.reuse_candidates
+            )
             unique = game.new(proposals)[: config.reuse_candidates]
             game.evaluate(unique, "reuse", "Verifying the surrogate's sets")
             peers = {
@@ -742,6 +765,30 @@ class ShapleyCriterion(LayerCriterion):
         evidence.reuse_verified = sum(1 for k in game.evaluations if k.count("1") == target)
         return self._result(game, _removed(chosen), estimate, evidence)
 
+    def _walk(self, game: _Game, start: np.ndarray, width: int) -> np.ndarray:
+        """From a verified set of another size to the target, one layer at a time: drop a kept layer (or add back a
+        removed one), trying the ``width`` flips the surrogate predicts cheapest, mixed with the cheapest of the
+        previous step, each verified on the model; the step follows the best real evaluation (SLEB's step,
+        screened). Returns the mask it reaches at the target size."""
+        mask, previous = np.asarray(start, dtype=bool).copy(), []
+        while mask.sum() != game.target:
+            shrink = bool(mask.sum() > game.target)
+            movable = np.flatnonzero(mask if shrink else ~mask)
+            trial = np.repeat(mask[None], len(movable), axis=0)
+            trial[np.arange(len(movable)), movable] = not shrink
+            mean, _ = game.predict(trial)
+            by_surrogate = [int(movable[i]) for i in np.argsort(-mean, kind="stable")]
+            by_previous = [layer for layer in previous if layer in set(movable.tolist())]
+            screen = _interleave(by_surrogate[:width], by_previous[:width])[:width]
+            rows = [int(np.flatnonzero(movable == layer)[0]) for layer in screen]
+            size = int(mask.sum()) + (-1 if shrink else 1)
+            new = game.evaluate(list(trial[rows]), "reuse walk", f"Walking to {game.target} kept ({size} kept)")
+            loss = [game.loss_of(e) for e in new]
+            ranked = np.argsort(loss, kind="stable")
+            previous = [screen[i] for i in ranked[1:]]
+            mask = key_to_mask(new[int(ranked[0])].mask)
+        return mask
+
     # ------------------------------------------------------------------------------------------------ result
     def _result(self, game: _Game, removed, estimate: ShapleyEstimate, evidence: GameEvidence) -> CriterionResult:
         record = GameRecord(
@@ -753,6 +800,11 @@ class ShapleyCriterion(LayerCriterion):
             surrogate=game.surrogate,
             surrogate_fit=game.fit,
         )
+        if game.surrogate is not None and game.evaluations and not evidence.reused_surrogate:
+            # the surrogate this run trained remembers where it was verified (a reused one is left as it came)
+            chosen = mask_to_key(_kept_mask(game.num_layers, removed))
+            best = ([chosen] if chosen in game.evaluations else []) + game.at_target()[:REMEMBERED_SETS]
+            game.surrogate.remember_kept_sets(best[:REMEMBERED_SETS])
         if game.evaluations:
             keys, utilities = game.utilities()
             record.masks = keys
