@@ -283,7 +283,10 @@ def test_reuse_walks_from_the_remembered_set_to_the_new_size(game_run, tmp_path)
     remembered = list(pruner.surrogate.verified_kept_sets)
     anchor = np.array([c == "1" for c in remembered[0]])
     again = _pruner(
-        tmp_path, model=tiny_model("llama", num_layers=8), surrogate=pruner.surrogate, num_layers_to_remove=4,
+        tmp_path,
+        model=tiny_model("llama", num_layers=8),
+        surrogate=pruner.surrogate,
+        num_layers_to_remove=4,
         value_check=False,
     )
     reused = again.prune(evaluate_calibration=False)
