@@ -5,7 +5,9 @@
 
 Every method runs as a user runs it: ``ShapleyLayerPruner(pruning_config=ShapleyPruningConfig(method=...,
 dataset_name=c4_demo.json))`` with the CLI's ``TrainingArguments`` (``pruning_arguments``), on a copy of the loaded
-model, so ``optimum-shapley prune MODEL --remove N --dataset c4_demo.json --method M`` chooses the same layers.
+model, so ``optimum-shapley prune MODEL --remove N --dataset c4_demo.json --method M`` chooses the same layers (the
+speed report, ``measure_speed``, is off: it times the dense and the pruned model, 10-20 s a row here, and chooses
+nothing; bench/throughput.py measures speed).
 Calibration: 10 blocks of 128 tokens of ../shared/data/calibration/c4_demo.json with the config's default seed (the
 CLI's); the default ``shapley`` also re-scores its best sets on 40 more blocks (another seed, same file).
 ``--calibration FILE`` gives every method another calibration text (in-domain calibration: WikiText-2's tokenized
@@ -124,7 +126,12 @@ def run_method(bench, cache_dir: str, c4: str, method: str, removed: int, num_sa
     seconds_by_mask = _cached_seconds(cache_dir)
     surrogate = config_overrides.pop("surrogate", None)
     config = ShapleyPruningConfig(
-        method=method, num_layers_to_remove=removed, dataset_name=c4, num_samples=num_samples, **config_overrides
+        method=method,
+        num_layers_to_remove=removed,
+        dataset_name=c4,
+        num_samples=num_samples,
+        measure_speed=False,  # timing dense against pruned decides nothing here (bench/throughput.py measures it)
+        **config_overrides,
     )
     pruner = ShapleyLayerPruner(
         model=copy.deepcopy(bench.model),
