@@ -331,7 +331,8 @@ class ShapleyPruningConfig(PushToHubMixin):
         default=True,
         metadata=_help(
             "Measure what pruning buys, dense against pruned on this machine: prefill and KV-cached decode tokens/s, "
-            "parameters, KV cache and (on CUDA) peak memory; in the summary, card and results (about 20 s for Gemma-3-270M on 2 CPU cores)."
+            "parameters, KV cache and (on CUDA) peak memory; in the summary, card and results (about 20 s for "
+            "Gemma-3-270M on 2 CPU cores)."
         ),
     )
     seed: int = field(default=42, metadata=_help("Seed for calibration sampling, masks, surrogate and estimator."))
