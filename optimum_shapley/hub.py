@@ -146,10 +146,18 @@ def _how_chosen(result: PruningResult, surrogate_repo_id: str | None) -> str:
     )
     from .game_report import game_paragraphs
 
+    passes = result.selection_evaluations - len(result.masks)  # one-pass statistics, KL reference rebuilds
+    all_counted = (
+        f"; {result.selection_evaluations} model evaluations in all, counting {passes} forward "
+        f"pass{'es' if passes > 1 else ''} that evaluated no mask (block statistics, KL reference) like one each"
+        if passes > 0 and result.masks
+        else ""
+    )
     opening = (
         "Each layer is a player in a cooperative game whose utility is the model's quality on calibration text "
         f"(`{result.utility}`). {len(result.masks) or 'No'} layer masks were evaluated on the real model "
-        f"(calibration: {calibration}; random design masks from kept-layer counts {result.strata}). {fit_text}"
+        f"(calibration: {calibration}; random design masks from kept-layer counts {result.strata}{all_counted}). "
+        f"{fit_text}"
     )
     if not result.game:  # a result written before the game was recorded
         return f"{opening} {surrogate_text}"

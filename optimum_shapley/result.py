@@ -159,5 +159,5 @@ class PruningResult:
             from .recovery import recovery_summary_rows
 
             rows += recovery_summary_rows(self.recovery)
-        rows.append(("wall time", f"{self.timings.get('total', 0.0):.1f} s"))
+        rows.append(("wall time", f"{self.timings.get('total', 0.0):.1f} s (pruning; loading and saving not included)"))
         return rows

@@ -372,3 +372,15 @@ def test_push_to_hub_keeps_the_trainers_signature_and_arguments(tmp_path, monkey
     assert RecordingApi.revisions[0][0] == "me/explicit" and RecordingApi.revisions[0][2] == "hf_explicit"
     with pytest.raises(TypeError, match="unexpected keyword arguments: privat"):
         pruner.push_to_hub(privat=True)
+
+
+def test_the_card_counts_masks_and_evaluations_the_way_the_summary_does(tmp_path):
+    """The summary's cost counts the one-pass statistics like an evaluation; the card says so instead of giving a
+    second, smaller number without explanation, and its wall time says what it covers."""
+    masks = ["111111", "110011", "111001"]
+    card, _ = _write_run(tmp_path / "extra", _result("me/base", masks=masks, selection_evaluations=4))
+    assert "3 layer masks were evaluated on the real model" in card
+    assert "4 model evaluations in all, counting 1 forward pass that evaluated no mask" in card
+    card, _ = _write_run(tmp_path / "equal", _result("me/base", masks=masks, selection_evaluations=3))
+    assert "3 layer masks were evaluated" in card and "in all" not in card
+    assert "(pruning; loading and saving not included)" in card
