@@ -76,6 +76,7 @@ import torch
 from torch import nn
 
 from .architectures import HEALING_LAYOUTS, BlockLayout, find_decoder_layers, get_decoder_config
+from .modes import eval_mode
 from .surgery import PRUNING_RECORD_KEY, _kept_from_remove
 
 __all__ = [
@@ -649,11 +650,9 @@ def _collect(model, blocks, runs, layout, method, diagonal, calibration_batches,
     collector = _Collector(model, blocks, runs, layout, method, diagonal, relative)
     device = model.get_input_embeddings().weight.device
     num_batches = num_tokens = 0
-    was_training = model.training
-    model.eval()
     collector.install()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for input_ids, mask in _batches_on_device(calibration_batches, device):
                 collector.mask = mask.reshape(-1).bool()
                 with contextlib.suppress(_Stop):
@@ -664,7 +663,6 @@ def _collect(model, blocks, runs, layout, method, diagonal, calibration_batches,
                 num_tokens += int(mask.sum())
     finally:
         collector.remove()
-        model.train(was_training)
     if num_tokens == 0:
         raise HealingError("the calibration batches hold no (unmasked) tokens; healing needs calibration data")
     return num_batches, num_tokens

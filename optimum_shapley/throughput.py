@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .modes import eval_mode
+
 __all__ = ["SpeedReport", "measure_speed", "speed_comparison", "speed_summary"]
 
 
@@ -85,8 +87,6 @@ def measure_speed(
     prompt = torch.randint(3, max(vocab, 4), (batch_size, prompt_tokens), generator=generator).to(device)
     steps = torch.randint(3, max(vocab, 4), (decode_tokens, batch_size, 1), generator=generator).to(device)
     cuda = device.type == "cuda"
-    was_training = model.training
-    model.eval()
 
     cache_keyword = _cache_keyword(model)
 
@@ -107,14 +107,12 @@ def measure_speed(
         sync()
         return prefill, time.perf_counter() - start, cache
 
-    try:
+    with eval_mode(model):
         one_run()  # warm-up: allocator, kernels, caches
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         runs = [one_run() for _ in range(repeats)]
         peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
-    finally:
-        model.train(was_training)
     prefill = statistics.median(r[0] for r in runs)
     decode = statistics.median(r[1] for r in runs)
     return SpeedReport(

@@ -14,6 +14,7 @@ import torch
 
 from ..architectures import find_decoder_layers
 from ..evaluation import MaskEvaluator
+from ..modes import eval_mode
 
 __all__ = ["BlockStatistics", "collect_block_statistics"]
 
@@ -61,16 +62,13 @@ def collect_block_statistics(evaluator: MaskEvaluator) -> BlockStatistics:
     for i, block in enumerate(blocks):
         handles.append(block.register_forward_pre_hook(pre_hook(i), with_kwargs=True))
         handles.append(block.register_forward_hook(post_hook(i), with_kwargs=True))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for batch in evaluator.prepared_batches():
                 model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return BlockStatistics(
         mean_cosine=[s / max(1, n) for s, n in zip(cosine_sums, token_counts)],
         last_token_states=torch.stack([torch.cat(states) for states in boundaries], dim=1),

@@ -9,6 +9,7 @@ import torch
 
 from ..architectures import find_decoder_layers
 from ..evaluation import MaskEvaluator
+from ..modes import eval_mode
 from .base import CriterionResult, LayerCriterion, lowest, register_criterion
 
 __all__ = ["RandomLayers", "ReverseOrder", "Taylor"]
@@ -63,8 +64,6 @@ class Taylor(LayerCriterion):
         blocks = getattr(*find_decoder_layers(model))
         groups = [list(block.parameters()) for block in blocks]
         saved = {id(p): (p.requires_grad, p.grad) for p in model.parameters()}
-        was_training = model.training
-        model.eval()
         try:
             for p in model.parameters():
                 p.requires_grad_(False)
@@ -73,13 +72,14 @@ class Taylor(LayerCriterion):
                 p.requires_grad_(True)
             batches = list(evaluator.prepared_batches())
             total_tokens = sum(float(_target_weights(b).sum()) for b in batches)
-            for batch in batches:  # gradient of the token-weighted mean loss over the whole calibration set
-                ids = batch["input_ids"]
-                logits = model(input_ids=ids, attention_mask=batch.get("attention_mask"), use_cache=False).logits
-                losses = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].float().reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none"
-                )
-                ((losses * _target_weights(batch)).sum() / total_tokens).backward()
+            with eval_mode(model):
+                for batch in batches:  # gradient of the token-weighted mean loss over the whole calibration set
+                    ids = batch["input_ids"]
+                    logits = model(input_ids=ids, attention_mask=batch.get("attention_mask"), use_cache=False).logits
+                    losses = torch.nn.functional.cross_entropy(
+                        logits[:, :-1].float().reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none"
+                    )
+                    ((losses * _target_weights(batch)).sum() / total_tokens).backward()
             scores = [
                 float(sum((p.detach() * p.grad).abs().sum(dtype=torch.float64) for p in group if p.grad is not None))
                 for group in groups
@@ -88,5 +88,4 @@ class Taylor(LayerCriterion):
             for p in model.parameters():
                 p.requires_grad_(saved[id(p)][0])
                 p.grad = saved[id(p)][1]
-            model.train(was_training)
         return CriterionResult(self.name, lowest(scores, num_remove), scores=scores, num_model_evaluations=1)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..encoding import kept_to_key, mask_to_key
+from ..modes import eval_mode
 from .cache import (
     CACHE_FILE_NAME,
     CorruptCacheError,
@@ -169,18 +170,13 @@ class MaskEvaluator:
         if self._references is None:
             full_key = mask_to_key(np.ones(self.num_layers, dtype=bool))
             start = time.perf_counter()
-            was_training = self.model.training
-            self.model.eval()
             references, nll_total, tokens = [], 0.0, 0
-            try:
-                with torch.no_grad():
-                    for batch in self.prepared_batches():
-                        nll, _, count, own = token_losses(self.model, batch, kl_top_k=self.kl_top_k)
-                        references.append(own)
-                        nll_total += nll
-                        tokens += count
-            finally:
-                self.model.train(was_training)
+            with eval_mode(self.model), torch.no_grad():
+                for batch in self.prepared_batches():
+                    nll, _, count, own = token_losses(self.model, batch, kl_top_k=self.kl_top_k)
+                    references.append(own)
+                    nll_total += nll
+                    tokens += count
             self._references = references
             full = MaskEvaluation(full_key, nll_total, tokens, time.perf_counter() - start, kl_sum=0.0)
             if self.cache is not None and full_key in self.cache:
@@ -259,13 +255,8 @@ class MaskEvaluator:
 
         references = self.references()
         start = time.perf_counter()
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with LayerMask(self.model, kept):
-                nll, kl, tokens = evaluate_losses(self.model, self.prepared_batches(), references)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), LayerMask(self.model, kept):
+            nll, kl, tokens = evaluate_losses(self.model, self.prepared_batches(), references)
         return MaskEvaluation(kept_to_key(kept, self.num_layers), nll, tokens, time.perf_counter() - start, kl_sum=kl)
 
     def evaluate_all(self, masks: Iterable[Iterable[int] | np.ndarray], desc: str = "Evaluating layer masks"):

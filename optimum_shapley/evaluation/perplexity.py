@@ -16,7 +16,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch import nn
 
 from ..architectures import context_length
 from ..data import prepended_bos_id
+from ..modes import eval_mode
 from .losses import evaluate_batches, row_nll
 
 __all__ = [
@@ -238,22 +238,11 @@ def _window_batches(windows: torch.Tensor, batch_size: int, device, show_progres
         yield {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
 
 
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """The model in eval mode (no dropout) for the block, then back in the mode the caller had."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _window_nll(
     model: nn.Module, windows: torch.Tensor, batch_size: int = 8, show_progress: bool = False
 ) -> tuple[float, int]:
     device = next(model.parameters()).device
-    with _eval_mode(model):
+    with eval_mode(model):
         return evaluate_batches(model, _window_batches(windows, batch_size, device, show_progress))
 
 
@@ -262,7 +251,7 @@ def window_nll_sums(model: nn.Module, windows: torch.Tensor, batch_size: int = 8
     the data of a paired comparison (a bootstrap over windows) between two models on the same windows."""
     device = next(model.parameters()).device
     sums, counts = [], []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in _window_batches(windows, batch_size, device):
             nll, count = row_nll(model, batch)
             sums.append(nll.cpu())

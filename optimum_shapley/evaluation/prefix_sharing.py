@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..encoding import kept_to_key
+from ..modes import eval_mode
 from .cache import MaskEvaluation
 from .losses import DenseReference, token_losses
 
@@ -72,8 +73,6 @@ class PrefixSharingRunner:
         kept = sorted(kept)
         begin = time.perf_counter()
         start, mask = self._enter(kept, self._resume_index(kept))
-        was_training = self.model.training
-        self.model.eval()
         batch_index = 0
         handles = []
         try:
@@ -94,7 +93,7 @@ class PrefixSharingRunner:
                 handles.append(self.blocks[layer].register_forward_hook(remember))
             total, kl_total, tokens = 0.0, 0.0, 0
             shared = set(kept[:start])
-            with torch.no_grad():
+            with eval_mode(self.model), torch.no_grad():
                 for batch_index, batch in enumerate(self.batches):
                     states = self._states[batch_index]
                     for layer in [k for k in states if k not in shared]:
@@ -111,7 +110,6 @@ class PrefixSharingRunner:
             for handle in handles:
                 handle.remove()
             mask.__exit__(None, None, None)
-            self.model.train(was_training)
         self.layer_passes += len(kept) - start
         self._previous = kept
         kl_sum = kl_total if self.references is not None else None

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import prepended_bos_id
+from ..modes import eval_mode
 from .tasks import MultipleChoiceItem, get_task, load_task_records
 
 __all__ = [
@@ -94,38 +95,34 @@ def loglikelihoods(
     device = next(model.parameters()).device
     keep_logits = _accepts(model, "logits_to_keep")
     results = [0.0] * len(encoded)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), tqdm(total=len(order), desc=desc, unit="request", disable=not show_progress) as bar:
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                width = len(encoded[batch[0]][0])
-                input_ids = torch.zeros(len(batch), width, dtype=torch.long)
-                attention_mask = torch.zeros(len(batch), width, dtype=torch.long)
-                for row, index in enumerate(batch):
-                    inputs = encoded[index][0]
-                    input_ids[row, : len(inputs)] = torch.tensor(inputs, dtype=torch.long)
-                    attention_mask[row, : len(inputs)] = 1
-                # logits needed from the first continuation position of any row to the end of the longest row
-                first = min(len(encoded[i][0]) - len(encoded[i][1]) for i in batch)
-                kwargs = {"logits_to_keep": width - first} if keep_logits else {}
-                logits = model(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False, **kwargs
-                ).logits
-                offset = width - logits.size(1)  # position of logits[:, 0] in the sequence
-                log_probs = F.log_softmax(logits.float(), dim=-1)
-                for row, index in enumerate(batch):
-                    inputs, targets = encoded[index]
-                    if not targets:
-                        continue
-                    begin = len(inputs) - len(targets) - offset
-                    picked = log_probs[row, begin : begin + len(targets)]
-                    target = torch.tensor(targets, dtype=torch.long, device=picked.device)
-                    results[index] = float(picked.gather(-1, target[:, None]).sum(dtype=torch.float64))
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
+    progress = tqdm(total=len(order), desc=desc, unit="request", disable=not show_progress)
+    with eval_mode(model), torch.no_grad(), progress as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = len(encoded[batch[0]][0])
+            input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+            attention_mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, index in enumerate(batch):
+                inputs = encoded[index][0]
+                input_ids[row, : len(inputs)] = torch.tensor(inputs, dtype=torch.long)
+                attention_mask[row, : len(inputs)] = 1
+            # logits needed from the first continuation position of any row to the end of the longest row
+            first = min(len(encoded[i][0]) - len(encoded[i][1]) for i in batch)
+            kwargs = {"logits_to_keep": width - first} if keep_logits else {}
+            logits = model(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False, **kwargs
+            ).logits
+            offset = width - logits.size(1)  # position of logits[:, 0] in the sequence
+            log_probs = F.log_softmax(logits.float(), dim=-1)
+            for row, index in enumerate(batch):
+                inputs, targets = encoded[index]
+                if not targets:
+                    continue
+                begin = len(inputs) - len(targets) - offset
+                picked = log_probs[row, begin : begin + len(targets)]
+                target = torch.tensor(targets, dtype=torch.long, device=picked.device)
+                results[index] = float(picked.gather(-1, target[:, None]).sum(dtype=torch.float64))
+            bar.update(len(batch))
     return results
 
 
