@@ -267,7 +267,8 @@ def test_a_trained_surrogate_remembers_its_verified_sets_and_saves_them(game_run
     pruner, result, _ = game_run
     keys = pruner.surrogate.verified_kept_sets
     chosen = "".join("0" if i in result.removed_layers else "1" for i in range(8))
-    assert keys[0] == chosen and 1 <= len(keys) <= 3 and all(k.count("1") == 6 for k in keys)
+    verified = {k for k in result.masks if k.count("1") == 6}
+    assert keys[0] == chosen and len(keys) == min(3, len(verified)) and set(keys) <= verified
     assert all(k in result.masks for k in keys)  # every one was evaluated on the model
     pruner.surrogate.save_pretrained(tmp_path / "surrogate")
     assert json.loads((tmp_path / "surrogate" / "config.json").read_text())["verified_kept_sets"] == keys

@@ -803,8 +803,8 @@ class ShapleyCriterion(LayerCriterion):
         if game.surrogate is not None and game.evaluations and not evidence.reused_surrogate:
             # the surrogate this run trained remembers where it was verified (a reused one is left as it came)
             chosen = mask_to_key(_kept_mask(game.num_layers, removed))
-            best = ([chosen] if chosen in game.evaluations else []) + game.at_target()[:REMEMBERED_SETS]
-            game.surrogate.remember_kept_sets(best[:REMEMBERED_SETS])
+            best = dict.fromkeys(([chosen] if chosen in game.evaluations else []) + game.at_target())
+            game.surrogate.remember_kept_sets(list(best)[:REMEMBERED_SETS])
         if game.evaluations:
             keys, utilities = game.utilities()
             record.masks = keys
