@@ -166,6 +166,13 @@ def _interleave(first: list[int], second: list[int]) -> list[int]:
     return out + [x for x in first + second if x not in out]
 
 
+def _flipped(mask: np.ndarray, layers: list[int]) -> np.ndarray:
+    """One copy of ``mask`` per layer of ``layers``, with that layer flipped (dropped if kept, added back if not)."""
+    trial = np.repeat(np.asarray(mask, dtype=bool)[None], len(layers), axis=0)
+    trial[np.arange(len(layers)), layers] = ~trial[np.arange(len(layers)), layers]
+    return trial
+
+
 def _anchor(surrogate: ShapleySurrogate, target: int) -> np.ndarray | None:
     """The best verified set the surrogate remembers, of the size nearest the target (None: it remembers none)."""
     keys = surrogate.verified_kept_sets or []
@@ -310,6 +317,22 @@ class _Game:
         rows = rows.double().numpy()
         spread = rows.std(axis=0, ddof=1) if len(rows) > 1 else np.zeros(rows.shape[1])
         return rows.mean(axis=0), spread
+
+    # ---------------------------------------------------------------- one-layer steps (elimination, reuse walk)
+    def cheapest_flips(self, mask: np.ndarray, layers: list[int], previous: list[int], width: int) -> list[int]:
+        """A step's screen among ``layers``: the ``width`` whose flip the surrogate predicts cheapest, interleaved
+        with the ``width`` cheapest of the previous step that can still flip."""
+        mean, _ = self.predict(_flipped(mask, layers))
+        by_surrogate = [layers[i] for i in np.argsort(-mean, kind="stable")[:width]]
+        movable = set(layers)
+        return _interleave(by_surrogate, [layer for layer in previous if layer in movable][:width])
+
+    def follow_best(self, mask: np.ndarray, layers: list[int], phase: str, desc: str) -> tuple[np.ndarray, list[int]]:
+        """Evaluate ``mask`` with each of ``layers`` flipped; returns the best real evaluation's mask and the other
+        layers, cheapest first (SLEB's step)."""
+        new = self.evaluate(list(_flipped(mask, layers)), phase, desc)
+        ranked = np.argsort([self.loss_of(e) for e in new], kind="stable")
+        return key_to_mask(new[int(ranked[0])].mask), [layers[i] for i in ranked[1:]]
 
 
 def values_of(
@@ -524,27 +547,17 @@ class ShapleyCriterion(LayerCriterion):
             room = int(game.remaining() - reserve)
             if room < 1:
                 break  # the peers' sets stand in: the budget is spent
-            kept = np.flatnonzero(mask)
-            trial = np.repeat(mask[None], len(kept), axis=0)
-            trial[np.arange(len(kept)), kept] = False
+            kept = [int(i) for i in np.flatnonzero(mask)]
             rest_of_full = sum(range(target + 1, len(kept) + 1))  # this step and the later ones, every layer
             if room - rest_of_full >= search_room:
-                rows, phase, desc = list(range(len(kept))), "elimination", "Elimination"
+                screen, phase, desc = kept, "elimination", "Elimination"
             else:
                 phase, desc = "screened elimination", "Screened elimination"
                 if stale:
                     game.refit()
                     stale = False
-                mean, _ = game.predict(trial)
-                by_surrogate = [int(kept[i]) for i in np.argsort(-mean, kind="stable")[:width]]
-                by_previous = [layer for layer in previous if mask[layer]][:width]
-                screen = _interleave(by_surrogate, by_previous)
-                rows = [int(np.flatnonzero(kept == layer)[0]) for layer in screen[:room]]
-            new = game.evaluate(list(trial[rows]), phase, f"{desc} ({mask.sum() - 1} kept)")
-            loss = [game.loss_of(e) for e in new]
-            ranked = np.argsort(loss, kind="stable")
-            previous = [int(kept[rows[i]]) for i in ranked[1:]]
-            mask = key_to_mask(new[int(ranked[0])].mask)
+                screen = game.cheapest_flips(mask, kept, previous, width)[:room]
+            mask, previous = game.follow_best(mask, screen, phase, f"{desc} ({mask.sum() - 1} kept)")
             stale = True
         if stale:
             game.refit()
@@ -717,7 +730,6 @@ class ShapleyCriterion(LayerCriterion):
             if (following == current).all():
                 break
             current = following
-        anchor = _anchor(surrogate, target)
         chosen_key, chosen_on, peers = mask_to_key(current), "surrogate", {}
         if config.reuse_candidates > 0:
             stats = collect_block_statistics(game.evaluator)
@@ -727,6 +739,7 @@ class ShapleyCriterion(LayerCriterion):
             for name, removed in peer_sets.items():
                 game.evaluate([_kept_mask(num_layers, removed)], f"peer:{name}", f"Verifying the {name} set")
             starts = [current]
+            anchor = _anchor(surrogate, target)
             if anchor is not None:  # the nested walk from the source run's best set, verified step by step
                 starts.insert(0, self._walk(game, anchor, config.reuse_candidates))
             proposals = starts + propose_kept_sets(
@@ -773,20 +786,12 @@ class ShapleyCriterion(LayerCriterion):
         mask, previous = np.asarray(start, dtype=bool).copy(), []
         while mask.sum() != game.target:
             shrink = bool(mask.sum() > game.target)
-            movable = np.flatnonzero(mask if shrink else ~mask)
-            trial = np.repeat(mask[None], len(movable), axis=0)
-            trial[np.arange(len(movable)), movable] = not shrink
-            mean, _ = game.predict(trial)
-            by_surrogate = [int(movable[i]) for i in np.argsort(-mean, kind="stable")]
-            by_previous = [layer for layer in previous if layer in set(movable.tolist())]
-            screen = _interleave(by_surrogate[:width], by_previous[:width])[:width]
-            rows = [int(np.flatnonzero(movable == layer)[0]) for layer in screen]
+            movable = [int(i) for i in np.flatnonzero(mask if shrink else ~mask)]
+            screen = game.cheapest_flips(mask, movable, previous, width)[:width]
             size = int(mask.sum()) + (-1 if shrink else 1)
-            new = game.evaluate(list(trial[rows]), "reuse walk", f"Walking to {game.target} kept ({size} kept)")
-            loss = [game.loss_of(e) for e in new]
-            ranked = np.argsort(loss, kind="stable")
-            previous = [screen[i] for i in ranked[1:]]
-            mask = key_to_mask(new[int(ranked[0])].mask)
+            mask, previous = game.follow_best(
+                mask, screen, "reuse walk", f"Walking to {game.target} kept ({size} kept)"
+            )
         return mask
 
     # ------------------------------------------------------------------------------------------------ result
