@@ -159,3 +159,46 @@ def test_spread_windows_sample_the_whole_test_set():
     assert common.select_windows(windows, 500, "spread").shape == (100, 4)
     with pytest.raises(ValueError, match="one of"):
         common.select_windows(windows, 5, "random")
+
+
+def test_neighbours_bench_summary_and_one_shot_rules(tmp_path):
+    """bench/neighbours.py's oracle: every one-swap neighbour once, the exact marginals' signs (removing a kept layer
+    costs, adding a removed one back gains), the k-lowest rules against quality.json's best other method, and the
+    table; all after an hour of measuring, so tested here on a made-up game."""
+    bench_neighbours = _bench_module("neighbours")
+    around = bench_neighbours.neighbours([1, 2], 5)
+    assert len(around) == 2 * 3 and len({tuple(s) for s in around}) == 6
+    assert all(len(s) == 2 and s != [1, 2] for s in around) and [0, 2] in around and [1, 4] in around
+
+    weights = [0.5, 0.1, 0.2, 0.3, 0.9]  # an additive game: the KL of a removed set is the sum of its weights
+    interaction = {(2, 3): -0.25}  # removing both 2 and 3 costs 0.25 less than the sum of their weights
+
+    def kl(removed):
+        total = sum(weights[i] for i in removed)
+        return total + sum(v for (a, b), v in interaction.items() if a in removed and b in removed)
+
+    marginals = bench_neighbours.exact_marginals([1, 2], 5, kl)
+    assert marginals == pytest.approx([0.5, 0.1, 0.2, 0.05, 0.9])  # 3 added to {1, 2}: 0.3 - 0.25
+    ppl = {(1, 2): 10.0, (1, 3): 11.5, (2, 3): 9.0}
+    quality = {
+        "targets": [{"model": "m", "removed": 2, "best_other_ppl": 10.0}],
+        "rows": [
+            {"model": "m", "removed": 2, "method": "shapley one-shot", "removed_layers": [1, 2], "wikitext2_ppl": 10.0}
+        ],
+    }
+    rules = bench_neighbours.one_shot_rules(quality, "m", 2, [1, 2], 5, kl, lambda s: ppl[tuple(s)])
+    assert rules["marginals_one_shot"] == [1, 3] and rules["marginals_one_shot_ratio"] == pytest.approx(1.15)
+    assert rules["values_one_shot_ratio"] == pytest.approx(1.0)
+
+    cell = [{"layers": [1, 2], "calibration_kl": kl([1, 2]), "wikitext2_ppl": 10.0}] + [
+        {"layers": s, "calibration_kl": kl(s), "wikitext2_ppl": ppl.get(tuple(s), 20.0 + sum(s))} for s in around
+    ]
+    summary = bench_neighbours.summarise("m", 2, cell)
+    assert summary["better_on_test"] == 1 and summary["best_neighbour"] == [2, 3]
+    assert summary["best_neighbour_ratio"] == pytest.approx(0.9)
+    assert summary["lower_calibration_kl"] == 1 and summary["better_on_test_and_calibration"] == 1  # [2, 3]: 0.25
+    summary.update(rules)
+    bench_neighbours.write(str(tmp_path), cell, [summary])
+    table = (tmp_path / "neighbours.md").read_text()
+    assert "| m | 2 | 1, 2 | 10.00 | 6 | 1 | 2, 3 | 0.900 | -0.0500 | 1 | 1 |" in table
+    assert "| m | 2 | 1, 2 | 1.000 | 1, 3 | 1.150 |" in table
