@@ -193,6 +193,7 @@ def summarise(alias: str, removed: int, cell: list[dict]) -> dict:
         "best_neighbour": best["layers"],
         "best_neighbour_ratio": best["wikitext2_ppl"] / centre["wikitext2_ppl"],
         "best_neighbour_kl_above_centre": best["calibration_kl"] - centre["calibration_kl"],
+        "best_neighbour_kl_rank": 1 + sum(r["calibration_kl"] < best["calibration_kl"] for r in around),
         "better_on_test_and_calibration": sum(r["calibration_kl"] < centre["calibration_kl"] for r in better),
         "lower_calibration_kl": len(lower_kl),
         "spearman_kl_vs_test": float(rho) if math.isfinite(rho) else None,
@@ -234,8 +235,8 @@ def write(output_dir: str, records: list[dict], summaries: list[dict]) -> None:
         json.dump({"cells": summaries, "sets": records}, f, indent=1)
     lines = [
         "| model | removed | centre | centre ppl | neighbours | better on test | best neighbour | ratio | its KL - centre's "
-        "| better on test and calibration | lower calibration KL | Spearman KL vs test |",
-        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| its KL rank | better on test and calibration | lower calibration KL | Spearman KL vs test |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         rho = "-" if s["spearman_kl_vs_test"] is None else f"{s['spearman_kl_vs_test']:.3f}"
@@ -243,6 +244,7 @@ def write(output_dir: str, records: list[dict], summaries: list[dict]) -> None:
             f"| {s['model']} | {s['removed']} | {', '.join(map(str, s['centre']))} | {s['centre_ppl']:.2f} | "
             f"{s['neighbours']} | {s['better_on_test']} | {', '.join(map(str, s['best_neighbour']))} | "
             f"{s['best_neighbour_ratio']:.3f} | {s['best_neighbour_kl_above_centre']:+.4f} | "
+            f"{s['best_neighbour_kl_rank']} of {s['neighbours']} | "
             f"{s['better_on_test_and_calibration']} | {s['lower_calibration_kl']} | {rho} |"
         )
     lines += [

@@ -200,5 +200,5 @@ def test_neighbours_bench_summary_and_one_shot_rules(tmp_path):
     summary.update(rules)
     bench_neighbours.write(str(tmp_path), cell, [summary])
     table = (tmp_path / "neighbours.md").read_text()
-    assert "| m | 2 | 1, 2 | 10.00 | 6 | 1 | 2, 3 | 0.900 | -0.0500 | 1 | 1 |" in table
+    assert "| m | 2 | 1, 2 | 10.00 | 6 | 1 | 2, 3 | 0.900 | -0.0500 | 1 of 6 | 1 | 1 |" in table
     assert "| m | 2 | 1, 2 | 1.000 | 1, 3 | 1.150 |" in table
