@@ -56,6 +56,12 @@ def parse_args() -> argparse.Namespace:
         "--cache-dir", default=None, help="mask cache root to reuse (quality.py's <output-dir>/quality-cache)"
     )
     parser.add_argument(
+        "--test-top",
+        type=int,
+        default=None,
+        help="WikiText-2 only for this many neighbours of lowest calibration KL (default: every neighbour)",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="keep the WikiText-2 perplexities of an earlier neighbours.partial.jsonl"
     )
     return parser.parse_args()
@@ -127,7 +133,7 @@ def main() -> None:
                 processing_class=bench.tokenizer,
             )
             cell = Cell(alias, bench, pruner.calibration_evaluator(), measured, partial)
-            records.extend(cell.measure(removed, layers))
+            records.extend(cell.measure(removed, layers, args.test_top))
             summary = summarise(alias, removed, cell.records)
             summary.update(one_shot_rules(quality, alias, removed, layers, bench.depth, cell.kl, cell.test_ppl))
             summaries.append(summary)
@@ -153,47 +159,59 @@ class Cell:
             self.measured[key] = self.bench.wikitext_ppl(candidate)
         return self.measured[key]
 
-    def measure(self, removed: int, layers: list[int]) -> list[dict]:
-        """The centre and each of its one-swap neighbours, written to the partial file as they come."""
-        for index, candidate in enumerate([layers] + neighbours(layers, self.bench.depth)):
+    def measure(self, removed: int, layers: list[int], test_top: int | None = None) -> list[dict]:
+        """The centre and each of its one-swap neighbours (calibration KL for all; WikiText-2 for the ``test_top``
+        neighbours of lowest calibration KL, or all), written to the partial file as they come."""
+        around = neighbours(layers, self.bench.depth)
+        kls = {tuple(candidate): self.kl(candidate) for candidate in [layers] + around}
+        ranked = sorted(around, key=lambda candidate: kls[tuple(candidate)])
+        tested = {tuple(candidate) for candidate in ranked[: len(ranked) if test_top is None else test_top]}
+        tested |= {key for key in kls if (self.alias, key) in self.measured}  # measured before: free
+        for index, candidate in enumerate([layers] + ranked):
             start = time.perf_counter()
+            on_test = index == 0 or tuple(candidate) in tested
             record = {
                 "model": self.alias,
                 "removed": removed,
                 "layers": candidate,
                 "centre": index == 0,
-                "calibration_kl": self.kl(candidate),
-                "wikitext2_ppl": self.test_ppl(candidate),
+                "calibration_kl": kls[tuple(candidate)],
+                "wikitext2_ppl": self.test_ppl(candidate) if on_test else None,
                 "seconds": time.perf_counter() - start,
             }
             self.records.append(record)
-            with open(self.partial, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            print(
-                f"{self.alias} rm{removed} {index:>3} {candidate}: ppl {record['wikitext2_ppl']:.2f}, "
-                f"KL {record['calibration_kl']:.4f}",
-                flush=True,
-            )
+            if on_test:
+                with open(self.partial, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(
+                    f"{self.alias} rm{removed} {index:>3} {candidate}: ppl {record['wikitext2_ppl']:.2f}, "
+                    f"KL {record['calibration_kl']:.4f}",
+                    flush=True,
+                )
         return self.records
 
 
 def summarise(alias: str, removed: int, cell: list[dict]) -> dict:
-    centre, around = cell[0], cell[1:]
+    """One cell's row: the neighbours better on the test windows (among those measured there) and where the
+    calibration KL ranks them (among all)."""
+    centre, every = cell[0], cell[1:]
+    around = [r for r in every if r["wikitext2_ppl"] is not None]
     best = min(around, key=lambda r: r["wikitext2_ppl"])
     better = [r for r in around if r["wikitext2_ppl"] < centre["wikitext2_ppl"]]
     rho = spearmanr([r["calibration_kl"] for r in around], [r["wikitext2_ppl"] for r in around]).statistic
-    lower_kl = [r for r in around if r["calibration_kl"] < centre["calibration_kl"]]
+    lower_kl = [r for r in every if r["calibration_kl"] < centre["calibration_kl"]]
     return {
         "model": alias,
         "removed": removed,
         "centre": centre["layers"],
         "centre_ppl": centre["wikitext2_ppl"],
-        "neighbours": len(around),
+        "neighbours": len(every),
+        "on_test": len(around),
         "better_on_test": len(better),
         "best_neighbour": best["layers"],
         "best_neighbour_ratio": best["wikitext2_ppl"] / centre["wikitext2_ppl"],
         "best_neighbour_kl_above_centre": best["calibration_kl"] - centre["calibration_kl"],
-        "best_neighbour_kl_rank": 1 + sum(r["calibration_kl"] < best["calibration_kl"] for r in around),
+        "best_neighbour_kl_rank": 1 + sum(r["calibration_kl"] < best["calibration_kl"] for r in every),
         "better_on_test_and_calibration": sum(r["calibration_kl"] < centre["calibration_kl"] for r in better),
         "lower_calibration_kl": len(lower_kl),
         "spearman_kl_vs_test": float(rho) if math.isfinite(rho) else None,
@@ -234,15 +252,16 @@ def write(output_dir: str, records: list[dict], summaries: list[dict]) -> None:
     with open(os.path.join(output_dir, "neighbours.json"), "w", encoding="utf-8") as f:
         json.dump({"cells": summaries, "sets": records}, f, indent=1)
     lines = [
-        "| model | removed | centre | centre ppl | neighbours | better on test | best neighbour | ratio | its KL - centre's "
-        "| its KL rank | better on test and calibration | lower calibration KL | Spearman KL vs test |",
+        "| model | removed | centre | centre ppl | neighbours (on test) | better on test | best neighbour | ratio "
+        "| its KL - centre's | its KL rank | better on test and calibration | lower calibration KL | Spearman KL vs test |",
         "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         rho = "-" if s["spearman_kl_vs_test"] is None else f"{s['spearman_kl_vs_test']:.3f}"
         lines.append(
             f"| {s['model']} | {s['removed']} | {', '.join(map(str, s['centre']))} | {s['centre_ppl']:.2f} | "
-            f"{s['neighbours']} | {s['better_on_test']} | {', '.join(map(str, s['best_neighbour']))} | "
+            f"{s['neighbours']} ({s['on_test']}) | {s['better_on_test']} | "
+            f"{', '.join(map(str, s['best_neighbour']))} | "
             f"{s['best_neighbour_ratio']:.3f} | {s['best_neighbour_kl_above_centre']:+.4f} | "
             f"{s['best_neighbour_kl_rank']} of {s['neighbours']} | "
             f"{s['better_on_test_and_calibration']} | {s['lower_calibration_kl']} | {rho} |"

@@ -193,6 +193,7 @@ def test_neighbours_bench_summary_and_one_shot_rules(tmp_path):
     cell = [{"layers": [1, 2], "calibration_kl": kl([1, 2]), "wikitext2_ppl": 10.0}] + [
         {"layers": s, "calibration_kl": kl(s), "wikitext2_ppl": ppl.get(tuple(s), 20.0 + sum(s))} for s in around
     ]
+    cell[-1]["wikitext2_ppl"] = None  # not measured on the test windows (--test-top): counted by its KL only
     summary = bench_neighbours.summarise("m", 2, cell)
     assert summary["better_on_test"] == 1 and summary["best_neighbour"] == [2, 3]
     assert summary["best_neighbour_ratio"] == pytest.approx(0.9)
@@ -200,5 +201,34 @@ def test_neighbours_bench_summary_and_one_shot_rules(tmp_path):
     summary.update(rules)
     bench_neighbours.write(str(tmp_path), cell, [summary])
     table = (tmp_path / "neighbours.md").read_text()
-    assert "| m | 2 | 1, 2 | 10.00 | 6 | 1 | 2, 3 | 0.900 | -0.0500 | 1 of 6 | 1 | 1 |" in table
+    assert "| m | 2 | 1, 2 | 10.00 | 6 (5) | 1 | 2, 3 | 0.900 | -0.0500 | 1 of 6 | 1 | 1 |" in table
     assert "| m | 2 | 1, 2 | 1.000 | 1, 3 | 1.150 |" in table
+
+
+def test_neighbours_bench_measures_the_lowest_kl_neighbours_on_test(tmp_path):
+    """``--test-top``: every neighbour gets its calibration KL, only the centre, the ``test_top`` neighbours of lowest
+    KL and those a resumed run measured before get WikiText-2; each measured set goes to the partial file."""
+    from types import SimpleNamespace
+
+    bench_neighbours = _bench_module("neighbours")
+    weights = [0.5, 0.1, 0.2, 0.3, 0.9]
+    asked = []
+
+    class Bench:
+        depth = 5
+
+        def wikitext_ppl(self, removed):
+            asked.append(tuple(removed))
+            return 10.0 + sum(removed)
+
+    def evaluator(kept):
+        return SimpleNamespace(mean_kl=sum(weights[i] for i in range(5) if i not in kept))
+
+    partial = tmp_path / "partial.jsonl"
+    cell = bench_neighbours.Cell("m", Bench(), evaluator, {("m", (0, 1)): 99.0}, str(partial))
+    records = cell.measure(2, [1, 2], test_top=2)
+    assert len(records) == 7 and records[0]["centre"] and records[0]["wikitext2_ppl"] == 13.0
+    assert asked == [(1, 2), (1, 3), (2, 3)]  # the centre, then KL 0.4 and 0.5; [0, 1] was measured before
+    measured = {tuple(r["layers"]): r["wikitext2_ppl"] for r in records if r["wikitext2_ppl"] is not None}
+    assert measured == {(1, 2): 13.0, (1, 3): 14.0, (2, 3): 15.0, (0, 1): 99.0}
+    assert len(partial.read_text().splitlines()) == 4
