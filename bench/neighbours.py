@@ -231,10 +231,13 @@ def exact_marginals(centre: list[int], depth: int, kl) -> list[float]:
 def one_shot_rules(quality: dict, alias: str, removed: int, centre: list[int], depth: int, kl, test_ppl) -> dict:
     """The k-lowest rule twice: on the default run's values (quality.json's one-shot row) and on the exact marginals
     at its chosen set; each set's WikiText-2 perplexity against the best other method's (quality.json's verdict)."""
-    target = next(t for t in quality["targets"] if (t["model"], t["removed"]) == (alias, removed))
+    target = next((t for t in quality.get("targets", []) if (t["model"], t["removed"]) == (alias, removed)), None)
     row = next(
-        r for r in quality["rows"] if (r["model"], r["removed"], r["method"]) == (alias, removed, "shapley one-shot")
+        (r for r in quality["rows"] if (r["model"], r["removed"], r["method"]) == (alias, removed, "shapley one-shot")),
+        None,
     )
+    if target is None or row is None:
+        return {}  # a quality.json without the verdict or the one-shot row: the neighbours table alone
     marginals = exact_marginals(centre, depth, kl)
     exact = sorted(sorted(range(depth), key=lambda i: (marginals[i], i))[:removed])
     exact_ppl = test_ppl(exact)
@@ -272,7 +275,7 @@ def write(output_dir: str, records: list[dict], summaries: list[dict]) -> None:
         "chosen set | / best other |",
         "|---|---:|---|---:|---|---:|",
     ]
-    for s in summaries:
+    for s in [summary for summary in summaries if "values_one_shot" in summary]:
         lines.append(
             f"| {s['model']} | {s['removed']} | {', '.join(map(str, s['values_one_shot']))} | "
             f"{s['values_one_shot_ratio']:.3f} | {', '.join(map(str, s['marginals_one_shot']))} | "
