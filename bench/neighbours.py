@@ -125,7 +125,12 @@ def main() -> None:
         )
         cache_dir = os.path.join(args.cache_dir or os.path.join(args.output_dir, "neighbours-cache"), alias)
         for removed, layers in model_cells:
-            config = ShapleyPruningConfig(num_layers_to_remove=removed, dataset_name=calibration, measure_speed=False)
+            config = ShapleyPruningConfig(
+                num_layers_to_remove=removed,
+                dataset_name=calibration,
+                num_samples=args.num_samples,
+                measure_speed=False,
+            )
             pruner = ShapleyLayerPruner(
                 model=copy.deepcopy(bench.model),
                 args=pruning_arguments(cache_dir, bench.batch_size, config.seed, disable_tqdm=True),
