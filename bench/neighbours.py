@@ -75,7 +75,10 @@ def chosen_cells(quality: dict, spec: str) -> list[tuple[str, int, list[int]]]:
     elif spec == "ties":
         keys = [(t["model"], t["removed"]) for t in quality.get("targets", []) if t["verdict"] == "tie"]
     else:
-        keys = [(item.split(":")[0], int(item.split(":")[1])) for item in spec.split(",")]
+        try:
+            keys = [(alias, int(removed)) for alias, removed in (item.split(":") for item in spec.split(","))]
+        except ValueError:
+            sys.exit(f"--cells {spec!r}: 'ties', 'all' or alias:removed,... (e.g. gemma3-270m:4)")
     missing = [k for k in keys if k not in default]
     if missing:
         sys.exit(f"--cells: no default row for {missing} in the quality.json")

@@ -190,6 +190,11 @@ def test_neighbours_bench_summary_and_one_shot_rules(tmp_path):
     assert rules["marginals_one_shot"] == [1, 3] and rules["marginals_one_shot_ratio"] == pytest.approx(1.15)
     assert rules["values_one_shot_ratio"] == pytest.approx(1.0)
     assert bench_neighbours.one_shot_rules({"rows": []}, "m", 2, [1, 2], 5, kl, None) == {}  # no one-shot row
+    rows = {"rows": [{"model": "m", "removed": 2, "method": "shapley", "removed_layers": [1, 2]}]}
+    assert bench_neighbours.chosen_cells(rows, "m:2") == [("m", 2, [1, 2])]
+    for bad in ("m", "m:two", "m:2:3", "n:2"):  # one line, before anything is written
+        with pytest.raises(SystemExit, match="--cells"):
+            bench_neighbours.chosen_cells(rows, bad)
 
     cell = [{"layers": [1, 2], "calibration_kl": kl([1, 2]), "wikitext2_ppl": 10.0}] + [
         {"layers": s, "calibration_kl": kl(s), "wikitext2_ppl": ppl.get(tuple(s), 20.0 + sum(s))} for s in around
